@@ -1,0 +1,416 @@
+//! The configuration schema. Every struct rejects unknown keys; defaults are the
+//! demo's small CPU run unless a comment says otherwise. docs/config.md lists every key.
+use serde::{Deserialize, Serialize};
+
+/// A whole run's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Run name: the run directory is `runs/<name>` unless `--run-dir` is given.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Seed of every random stream (data, sampler, initialisation, augmentation).
+    #[serde(default)]
+    pub seed: u64,
+    /// Floating point type of parameters and activations.
+    #[serde(default)]
+    pub dtype: DType,
+    /// Where tensors live: `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Data source, batch shape and sampling.
+    pub data: DataConfig,
+    /// Backbone and embedding head.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// HIST loss hyper-parameters.
+    #[serde(default)]
+    pub loss: LossConfig,
+    /// Optimiser, parameter groups and schedule.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Length of training.
+    pub train: TrainConfig,
+    /// Retrieval evaluation.
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+fn default_name() -> String {
+    "run".to_string()
+}
+fn default_device() -> String {
+    "cpu".to_string()
+}
+
+/// Floating point precision.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// 32-bit floats (training).
+    #[default]
+    F32,
+    /// 64-bit floats (tests and debugging).
+    F64,
+}
+
+impl DType {
+    /// The libtorch kind for this dtype.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            DType::F32 => tch::Kind::Float,
+            DType::F64 => tch::Kind::Double,
+        }
+    }
+}
+
+/// Where the images come from and how batches are drawn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `synthetic` (built in, no download) or `folder` (one sub-folder per class).
+    #[serde(default)]
+    pub source: DataSource,
+    /// Root folder for `folder` datasets.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// Global batch size (all ranks together).
+    pub batch_size: usize,
+    /// Images per class in a batch; must divide `batch_size`.
+    pub ipc: usize,
+    /// Side of the square images fed to the network, in pixels.
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    /// Random horizontal flips of training images.
+    #[serde(default = "default_true")]
+    pub hflip: bool,
+    /// The built-in synthetic dataset.
+    #[serde(default)]
+    pub synthetic: SyntheticConfig,
+    /// Splitting a `folder` dataset's classes into train and test.
+    #[serde(default)]
+    pub folder: FolderConfig,
+}
+
+fn default_image_size() -> usize {
+    32
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Dataset kinds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    /// Deterministic generated shapes/colours/textures (see `data::synthetic`).
+    #[default]
+    Synthetic,
+    /// A user's folder with one sub-folder of JPEG/PNG images per class.
+    Folder,
+}
+
+/// Size of the built-in synthetic dataset.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticConfig {
+    /// Classes seen in training.
+    #[serde(default = "default_syn_train_classes")]
+    pub train_classes: usize,
+    /// Unseen classes used for retrieval evaluation (disjoint from training).
+    #[serde(default = "default_syn_test_classes")]
+    pub test_classes: usize,
+    /// Images generated per class.
+    #[serde(default = "default_syn_images")]
+    pub images_per_class: usize,
+}
+
+fn default_syn_train_classes() -> usize {
+    32
+}
+fn default_syn_test_classes() -> usize {
+    32
+}
+fn default_syn_images() -> usize {
+    40
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        SyntheticConfig {
+            train_classes: default_syn_train_classes(),
+            test_classes: default_syn_test_classes(),
+            images_per_class: default_syn_images(),
+        }
+    }
+}
+
+/// Class split of a folder dataset.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FolderConfig {
+    /// Fraction of the classes used for training; the rest are test classes.
+    #[serde(default = "default_train_fraction")]
+    pub train_fraction: f64,
+    /// Seed of the class shuffle that makes the split.
+    #[serde(default)]
+    pub split_seed: u64,
+}
+
+fn default_train_fraction() -> f64 {
+    0.5
+}
+
+impl Default for FolderConfig {
+    fn default() -> Self {
+        FolderConfig { train_fraction: default_train_fraction(), split_seed: 0 }
+    }
+}
+
+/// Backbone and head.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Backbone architecture.
+    #[serde(default)]
+    pub backbone: Backbone,
+    /// Channels of the first stage of `small_cnn` (doubling per stage).
+    #[serde(default = "default_width")]
+    pub width: i64,
+    /// Embedding size D.
+    #[serde(default = "default_embedding_dim")]
+    pub embedding_dim: i64,
+    /// BatchNorm2d of the backbone: `frozen` (eval mode, affine not trained) or `local`.
+    #[serde(default)]
+    pub bn: BatchNormMode,
+}
+
+fn default_width() -> i64 {
+    32
+}
+fn default_embedding_dim() -> i64 {
+    64
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            backbone: Backbone::default(),
+            width: default_width(),
+            embedding_dim: default_embedding_dim(),
+            bn: BatchNormMode::default(),
+        }
+    }
+}
+
+/// Backbone architectures.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Backbone {
+    /// Four conv stages for small images on a CPU.
+    #[default]
+    SmallCnn,
+}
+
+/// How BatchNorm2d layers of the backbone behave in training.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchNormMode {
+    /// Eval mode (running statistics) and affine parameters not trained.
+    #[default]
+    Frozen,
+    /// Batch statistics of this rank's batch; affine parameters trained.
+    Local,
+}
+
+/// HIST loss hyper-parameters (design §2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    /// Temperature of the distribution loss softmax.
+    #[serde(default = "default_tau")]
+    pub tau: f64,
+    /// Hardness of soft negative hyperedge membership exp(-alpha d).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Weight of the HGNN cross-entropy.
+    #[serde(default = "default_ls")]
+    pub ls: f64,
+    /// Hidden width of the two-layer HGNN.
+    #[serde(default = "default_hgnn_hidden")]
+    pub hgnn_hidden: i64,
+}
+
+fn default_tau() -> f64 {
+    32.0
+}
+fn default_alpha() -> f64 {
+    1.1
+}
+fn default_ls() -> f64 {
+    1.0
+}
+fn default_hgnn_hidden() -> i64 {
+    512
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            tau: default_tau(),
+            alpha: default_alpha(),
+            ls: default_ls(),
+            hgnn_hidden: default_hgnn_hidden(),
+        }
+    }
+}
+
+/// Optimiser kinds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimName {
+    /// Adam with L2 weight decay added to the gradient (torch.optim.Adam).
+    #[default]
+    Adam,
+    /// Adam with decoupled weight decay (torch.optim.AdamW).
+    Adamw,
+    /// SGD with momentum (torch.optim.SGD).
+    Sgd,
+}
+
+/// Optimiser, parameter groups and schedule (design §2, authors' recipe).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Optimiser.
+    #[serde(default)]
+    pub name: OptimName,
+    /// Learning rate of the backbone trunk.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Learning rate of the embedding head (defaults to `lr`).
+    #[serde(default)]
+    pub lr_embedding: Option<f64>,
+    /// Learning rate of the prototypes (means and log-variances).
+    #[serde(default = "default_lr_ds")]
+    pub lr_ds: f64,
+    /// The HGNN learns at `lr * lr_hgnn_factor`.
+    #[serde(default = "default_lr_hgnn_factor")]
+    pub lr_hgnn_factor: f64,
+    /// Weight decay of every group.
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Adam's beta1 and beta2.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Adam's epsilon.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// SGD momentum.
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// StepLR: multiply every learning rate by `lr_decay_gamma` each `lr_decay_step` epochs.
+    #[serde(default = "default_lr_decay_step")]
+    pub lr_decay_step: usize,
+    /// StepLR factor.
+    #[serde(default = "default_lr_decay_gamma")]
+    pub lr_decay_gamma: f64,
+}
+
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_lr_ds() -> f64 {
+    1e-1
+}
+fn default_lr_hgnn_factor() -> f64 {
+    5.0
+}
+fn default_weight_decay() -> f64 {
+    5e-5
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_lr_decay_step() -> usize {
+    5
+}
+fn default_lr_decay_gamma() -> f64 {
+    0.5
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            name: OptimName::default(),
+            lr: default_lr(),
+            lr_embedding: None,
+            lr_ds: default_lr_ds(),
+            lr_hgnn_factor: default_lr_hgnn_factor(),
+            weight_decay: default_weight_decay(),
+            betas: default_betas(),
+            eps: default_eps(),
+            momentum: default_momentum(),
+            lr_decay_step: default_lr_decay_step(),
+            lr_decay_gamma: default_lr_decay_gamma(),
+        }
+    }
+}
+
+/// Length of training and logging cadence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Number of epochs (an epoch is len(train) // batch_size steps).
+    pub epochs: usize,
+    /// Stop after this many optimiser steps in total; 0 = no limit.
+    #[serde(default)]
+    pub max_steps: usize,
+    /// Epochs at the start during which the backbone trunk is frozen.
+    #[serde(default = "default_warmup_epochs")]
+    pub warmup_epochs: usize,
+    /// Log training scalars every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Evaluate before the first step too (the "initialisation" Recall@K).
+    #[serde(default = "default_true")]
+    pub eval_at_start: bool,
+}
+
+fn default_warmup_epochs() -> usize {
+    1
+}
+fn default_log_every() -> usize {
+    10
+}
+
+/// Retrieval evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// The K of Recall@K.
+    #[serde(default = "default_ks")]
+    pub ks: Vec<usize>,
+    /// Images embedded per forward pass.
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+fn default_ks() -> Vec<usize> {
+    vec![1, 2, 4, 8]
+}
+fn default_eval_batch() -> usize {
+    256
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { ks: default_ks(), batch_size: default_eval_batch() }
+    }
+}

@@ -1,0 +1,139 @@
+//! Range checks on a deserialised config; each failure is one line naming the key,
+//! the value and the bound.
+use super::schema::{Config, DataSource};
+
+type Check = std::result::Result<(), String>;
+
+fn positive(key: &str, v: f64) -> Check {
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{key} must be a finite number > 0 (got {v})"))
+    }
+}
+
+fn non_negative(key: &str, v: f64) -> Check {
+    if v >= 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{key} must be a finite number >= 0 (got {v})"))
+    }
+}
+
+fn in_unit(key: &str, v: f64) -> Check {
+    if (0.0..1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{key} must be in [0, 1) (got {v})"))
+    }
+}
+
+fn at_least(key: &str, v: usize, min: usize) -> Check {
+    if v >= min {
+        Ok(())
+    } else {
+        Err(format!("{key} must be >= {min} (got {v})"))
+    }
+}
+
+/// Checks every bound; returns the first violation.
+pub fn validate(c: &Config) -> Check {
+    if c.name.is_empty() || c.name.contains('/') || c.name.contains('\\') {
+        return Err(format!("name must be a non-empty folder name without slashes (got {:?})", c.name));
+    }
+    parse_device(&c.device)?;
+    validate_data(c)?;
+    at_least("model.width", c.model.width.max(0) as usize, 1)?;
+    at_least("model.embedding_dim", c.model.embedding_dim.max(0) as usize, 1)?;
+
+    positive("loss.tau", c.loss.tau)?;
+    positive("loss.alpha", c.loss.alpha)?;
+    non_negative("loss.ls", c.loss.ls)?;
+    at_least("loss.hgnn_hidden", c.loss.hgnn_hidden.max(0) as usize, 1)?;
+
+    let o = &c.optim;
+    positive("optim.lr", o.lr)?;
+    if let Some(lr) = o.lr_embedding {
+        positive("optim.lr_embedding", lr)?;
+    }
+    positive("optim.lr_ds", o.lr_ds)?;
+    positive("optim.lr_hgnn_factor", o.lr_hgnn_factor)?;
+    non_negative("optim.weight_decay", o.weight_decay)?;
+    in_unit("optim.betas[0]", o.betas[0])?;
+    in_unit("optim.betas[1]", o.betas[1])?;
+    positive("optim.eps", o.eps)?;
+    in_unit("optim.momentum", o.momentum)?;
+    at_least("optim.lr_decay_step", o.lr_decay_step, 1)?;
+    if !(o.lr_decay_gamma > 0.0 && o.lr_decay_gamma <= 1.0) {
+        return Err(format!("optim.lr_decay_gamma must be in (0, 1] (got {})", o.lr_decay_gamma));
+    }
+
+    at_least("train.epochs", c.train.epochs, 1)?;
+    at_least("train.log_every", c.train.log_every, 1)?;
+    if c.train.warmup_epochs > c.train.epochs {
+        return Err(format!(
+            "train.warmup_epochs ({}) must not exceed train.epochs ({})",
+            c.train.warmup_epochs, c.train.epochs
+        ));
+    }
+    if c.eval.ks.is_empty() {
+        return Err("eval.ks must list at least one K".to_string());
+    }
+    if let Some(k) = c.eval.ks.iter().find(|&&k| k == 0) {
+        return Err(format!("eval.ks values must be >= 1 (got {k})"));
+    }
+    at_least("eval.batch_size", c.eval.batch_size, 1)?;
+    Ok(())
+}
+
+fn validate_data(c: &Config) -> Check {
+    let d = &c.data;
+    at_least("data.batch_size", d.batch_size, 1)?;
+    at_least("data.ipc", d.ipc, 1)?;
+    if d.batch_size % d.ipc != 0 {
+        return Err(format!(
+            "data.ipc ({}) must divide data.batch_size ({}); e.g. set data.batch_size to {}",
+            d.ipc,
+            d.batch_size,
+            (d.batch_size / d.ipc).max(1) * d.ipc
+        ));
+    }
+    if d.batch_size / d.ipc < 2 {
+        return Err(format!(
+            "data.batch_size / data.ipc must be >= 2 classes per batch (got {} / {})",
+            d.batch_size, d.ipc
+        ));
+    }
+    at_least("data.image_size", d.image_size, 16)?;
+    match d.source {
+        DataSource::Synthetic => {
+            let s = &d.synthetic;
+            at_least("data.synthetic.train_classes", s.train_classes, d.batch_size / d.ipc)?;
+            at_least("data.synthetic.test_classes", s.test_classes, 2)?;
+            at_least("data.synthetic.images_per_class", s.images_per_class, 2)?;
+        }
+        DataSource::Folder => {
+            if d.root.as_deref().map_or(true, str::is_empty) {
+                return Err("data.root is required when data.source is folder".to_string());
+            }
+            let f = d.folder.train_fraction;
+            if !(f > 0.0 && f < 1.0) {
+                return Err(format!("data.folder.train_fraction must be in (0, 1) (got {f})"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> std::result::Result<tch::Device, String> {
+    match s {
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => Ok(tch::Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(tch::Device::Cuda)
+            .ok_or_else(|| format!("device must be cpu, cuda or cuda:N (got {s:?})")),
+    }
+}

@@ -1,0 +1,6 @@
+//! Retrieval evaluation: embedding extraction and Recall@K.
+pub mod embed;
+pub mod recall;
+
+pub use embed::embed_all;
+pub use recall::recall_at_k;

@@ -1,0 +1,14 @@
+//! hist: deep metric learning with the HIST loss (Lim et al., CVPR 2022) on libtorch.
+//!
+//! Data flows one way: config → data → model → loss → optimiser → telemetry.
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod loss;
+pub mod model;
+pub mod telemetry;
+pub mod tools;
+pub mod train;
+
+pub use error::{HistError, Result};

@@ -1,0 +1,63 @@
+//! Squared Mahalanobis distances between embeddings and the class distributions.
+use tch::{Kind, Tensor};
+
+/// Added under the square root of the L2 norm, as the authors' `l2_norm` does, so a zero
+/// vector maps to zero instead of NaN.
+pub const L2_EPS: f64 = 1e-12;
+
+/// Row-wise x / sqrt(Σ x² + 1e-12).
+pub fn l2_normalize(x: &Tensor) -> Tensor {
+    let norm = (x.square().sum_dim_intlist(1, true, None::<Kind>) + L2_EPS).sqrt();
+    x / norm
+}
+
+/// Inverse variances exp(−relu6(v)): the log-variance is clipped to [0, 6].
+pub fn inverse_variances(log_vars: &Tensor) -> Tensor {
+    (-log_vars.relu6()).exp()
+}
+
+/// d[i, c] = Σ_k (x̂_ik − m̂_ck)² · inv_var_ck for unit-norm rows `x_hat` [N, D] and
+/// `m_hat` [C, D], computed as three matrix products so that nothing of size N·C·D
+/// exists: Σ x²/σ² − 2 Σ x m/σ² + Σ m²/σ².
+pub fn mahalanobis_sq(x_hat: &Tensor, m_hat: &Tensor, inv_var: &Tensor) -> Tensor {
+    let xx = x_hat.square().matmul(&inv_var.tr());
+    let xm = x_hat.matmul(&(m_hat * inv_var).tr());
+    let mm = (m_hat.square() * inv_var).sum_dim_intlist(1, false, None::<Kind>);
+    xx - 2.0 * xm + mm.unsqueeze(0)
+}
+
+/// The N×C×D form of [`mahalanobis_sq`]; only for tests, as an independent check.
+pub fn mahalanobis_sq_dense(x_hat: &Tensor, m_hat: &Tensor, inv_var: &Tensor) -> Tensor {
+    let diff = x_hat.unsqueeze(1) - m_hat.unsqueeze(0);
+    (diff.square() * inv_var.unsqueeze(0)).sum_dim_intlist(2, false, None::<Kind>)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn expanded_form_equals_dense_form() {
+        tch::manual_seed(3);
+        let opts = (Kind::Double, Device::Cpu);
+        let x = l2_normalize(&Tensor::randn([7, 5], opts));
+        let m = l2_normalize(&Tensor::randn([4, 5], opts));
+        let iv = inverse_variances(&(Tensor::randn([4, 5], opts) * 4.0));
+        let a = mahalanobis_sq(&x, &m, &iv);
+        let b = mahalanobis_sq_dense(&x, &m, &iv);
+        let err = (a - b).abs().max().double_value(&[]);
+        assert!(err < 1e-13, "max abs difference {err}");
+    }
+
+    #[test]
+    fn relu6_clips_log_variance() {
+        let v = Tensor::from_slice(&[-3.0f64, 0.0, 2.0, 9.0]);
+        let iv = inverse_variances(&v);
+        let got: Vec<f64> = Vec::try_from(&iv).unwrap_or_default();
+        let want = [1.0, 1.0, (-2.0f64).exp(), (-6.0f64).exp()];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-15, "{got:?}");
+        }
+    }
+}

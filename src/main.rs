@@ -1,0 +1,70 @@
+//! The worker binary `hist`: training and the tools around it.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use hist::config::{load_config, load_config_str, Config, ConfigSource};
+
+/// The embedded default config (configs/demo.yaml).
+const DEMO_CONFIG: &str = include_str!("../configs/demo.yaml");
+
+/// Deep metric learning with the HIST loss.
+#[derive(Parser)]
+#[command(name = "hist", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the resolved config (after --set overrides) as YAML and exit.
+    ShowConfig {
+        /// YAML config file (default: the embedded demo).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Compute the HIST loss and its gradients on tensors from a safetensors file.
+    InspectLoss {
+        /// Input safetensors (embeddings, labels, means, log_vars, hgnn.*, tau, alpha, ls).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output safetensors (loss, loss_ds, loss_ce, grad.<name>).
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+fn resolve_config(path: Option<&PathBuf>, overrides: &[String]) -> hist::Result<Config> {
+    match path {
+        Some(p) => load_config(p, overrides),
+        None => load_config_str(DEMO_CONFIG, ConfigSource::Embedded("configs/demo.yaml (embedded)"), overrides),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::ShowConfig { config, overrides } => {
+            let config = resolve_config(config.as_ref(), &overrides)?;
+            print!("{}", serde_yaml_ng::to_string(&config).context("serialising the config")?);
+        }
+        Command::InspectLoss { input, output } => hist::tools::inspect_loss::run(&input, &output)?,
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

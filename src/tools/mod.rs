@@ -1,0 +1,2 @@
+//! Worker sub-commands that are tools rather than training.
+pub mod inspect_loss;

@@ -1,0 +1,1 @@
+//! Optimisers (Adam, AdamW, SGD) matching torch.optim, with exportable state.

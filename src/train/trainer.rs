@@ -1,0 +1,209 @@
+//! The training loop of one worker: data → model → HIST loss → optimiser, evaluation at
+//! epoch ends, telemetry and the final parameters.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::optim::{Optimizer, OptimizerKind};
+use super::param_groups::{base_lrs, param_groups, scheduled_lr, set_trunk_frozen, GROUP_NAMES};
+use crate::config::{parse_device, Config, DataSource, OptimName};
+use crate::data::sampler::BalancedSampler;
+use crate::data::{folder, synthetic, Splits};
+use crate::error::{HistError, Result};
+use crate::eval::{embed_all, recall_at_k};
+use crate::loss::{HistHyper, HistLoss};
+use crate::model::EmbeddingModel;
+use crate::telemetry::metrics::{EpochRecord, RunLogger};
+use crate::telemetry::run_dir::prepare_run_dir;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Where everything was written.
+    pub run_dir: PathBuf,
+    /// Optimiser steps taken.
+    pub steps: usize,
+    /// Recall@K before the first step (if evaluated) and at the end.
+    pub initial_recall: Option<Vec<(usize, f64)>>,
+    /// Recall@K after the last step.
+    pub final_recall: Vec<(usize, f64)>,
+}
+
+/// Loads the configured dataset.
+pub fn load_data(config: &Config) -> Result<Splits> {
+    let d = &config.data;
+    match d.source {
+        DataSource::Synthetic => Ok(synthetic::generate(&d.synthetic, d.image_size, config.seed)),
+        DataSource::Folder => {
+            let root = d.root.as_deref().unwrap_or_default();
+            folder::load_folder(Path::new(root), &d.folder, d.image_size)
+        }
+    }
+}
+
+/// Everything trained, owned together so it can be saved in one file.
+pub struct TrainState {
+    /// Holds every variable: `backbone.*`, `head.*`, `loss.*`.
+    pub vs: VarStore,
+    /// Backbone and head.
+    pub model: EmbeddingModel,
+    /// Prototypes and HGNN.
+    pub loss: HistLoss,
+}
+
+/// Builds the model and loss for `train_classes` classes, seeded and in the config's dtype.
+pub fn build_state(config: &Config, train_classes: i64, device: Device) -> TrainState {
+    tch::manual_seed(config.seed as i64);
+    let vs = VarStore::new(device);
+    let model = EmbeddingModel::new(&vs.root(), &config.model);
+    let hyper = HistHyper { tau: config.loss.tau, alpha: config.loss.alpha, ls: config.loss.ls };
+    let loss = HistLoss::new(
+        &(vs.root() / "loss"),
+        train_classes,
+        config.model.embedding_dim,
+        config.loss.hgnn_hidden,
+        hyper,
+    );
+    let mut state = TrainState { vs, model, loss };
+    if config.dtype.kind() == Kind::Double {
+        state.vs.double();
+    }
+    state
+}
+
+fn optimizer_kind(config: &Config) -> OptimizerKind {
+    let o = &config.optim;
+    let betas = (o.betas[0], o.betas[1]);
+    match o.name {
+        OptimName::Adam => OptimizerKind::Adam { betas, eps: o.eps },
+        OptimName::Adamw => OptimizerKind::AdamW { betas, eps: o.eps },
+        OptimName::Sgd => OptimizerKind::Sgd { momentum: o.momentum },
+    }
+}
+
+fn evaluate(config: &Config, state: &TrainState, splits: &Splits, device: Device) -> Vec<(usize, f64)> {
+    let emb = embed_all(&state.model, &splits.test, config.eval.batch_size, config.dtype.kind(), device);
+    let r = recall_at_k(&emb, &splits.test.labels, &config.eval.ks);
+    config.eval.ks.iter().copied().zip(r).collect()
+}
+
+fn format_recall(r: &[(usize, f64)]) -> String {
+    r.iter().map(|(k, v)| format!("R@{k} {:.4}", v)).collect::<Vec<_>>().join("  ")
+}
+
+/// Trains per `config`, writing into `run_dir`; prints one line per epoch.
+pub fn train(config: &Config, run_dir: &Path) -> Result<TrainSummary> {
+    let device = parse_device(&config.device).map_err(|m| HistError::config("device", m))?;
+    if let Device::Cuda(i) = device {
+        if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize {
+            return Err(HistError::config("device", format!("{} requested but not available on this machine; use device: cpu", config.device)));
+        }
+    }
+    prepare_run_dir(run_dir, config)?;
+    let mut logger = RunLogger::create(run_dir)?;
+    let t_data = Instant::now();
+    let splits = load_data(config)?;
+    println!(
+        "data: {} train images / {} classes, {} test images / {} classes ({:.1} s)",
+        splits.train.len(),
+        splits.train.num_classes(),
+        splits.test.len(),
+        splits.test.num_classes(),
+        t_data.elapsed().as_secs_f64()
+    );
+    let sampler = BalancedSampler::new(&splits.train.labels, config.data.batch_size, config.data.ipc, config.seed)?;
+    let state = build_state(config, splits.train.num_classes() as i64, device);
+    let mut optimizer = Optimizer::new(optimizer_kind(config), param_groups(&state.vs, &config.optim));
+    let kind = config.dtype.kind();
+
+    let mut initial_recall = None;
+    if config.train.eval_at_start {
+        let r = evaluate(config, &state, &splits, device);
+        println!("epoch 0/{}  (initialisation)  {}", config.train.epochs, format_recall(&r));
+        logger.epoch(&EpochRecord { epoch: 0, step: 0, losses: None, recall: r.clone() })?;
+        initial_recall = Some(r);
+    }
+
+    let steps_per_epoch = sampler.steps_per_epoch();
+    let base = base_lrs(&config.optim);
+    let mut global_step = 0usize;
+    let mut final_recall = Vec::new();
+    'epochs: for epoch in 0..config.train.epochs {
+        let t_epoch = Instant::now();
+        for (g, &b) in base.iter().enumerate() {
+            optimizer.set_lr(g, scheduled_lr(b, &config.optim, epoch));
+        }
+        set_trunk_frozen(optimizer.groups(), epoch < config.train.warmup_epochs);
+        let mut sums = [0.0f64; 3];
+        let mut steps_this_epoch = 0usize;
+        let mut stopped_early = false;
+        for step in 0..steps_per_epoch {
+            let idx = sampler.batch(epoch, step);
+            let flips = if config.data.hflip { sampler.flips(epoch, step, idx.len()) } else { Vec::new() };
+            let images = splits.train.batch(&idx, &flips, kind, device);
+            let labels = splits.train.batch_labels(&idx, device);
+            let terms = state.loss.forward(&state.model.forward(&images, true), &labels);
+            optimizer.zero_grad();
+            terms.total.backward();
+            optimizer.step();
+            global_step += 1;
+            steps_this_epoch += 1;
+
+            let values = [&terms.total, &terms.ds, &terms.ce].map(|t| t.double_value(&[]));
+            if !values[0].is_finite() {
+                return Err(HistError::config(
+                    "optim.lr",
+                    format!("training diverged at step {global_step}: loss is {}; lower the learning rates", values[0]),
+                ));
+            }
+            for (s, v) in sums.iter_mut().zip(values) {
+                *s += v;
+            }
+            if global_step % config.train.log_every == 0 || global_step == 1 {
+                for (tag, v) in ["train/loss", "train/loss_ds", "train/loss_ce"].iter().zip(values) {
+                    logger.scalar(tag, v, global_step)?;
+                }
+                for (g, group) in optimizer.groups().iter().enumerate() {
+                    logger.scalar(&format!("train/lr/{}", GROUP_NAMES[g]), group.lr, global_step)?;
+                }
+            }
+            if config.train.max_steps > 0 && global_step >= config.train.max_steps {
+                stopped_early = true;
+                break;
+            }
+        }
+        let n = steps_this_epoch.max(1) as f64;
+        let losses = sums.map(|s| s / n);
+        let r = evaluate(config, &state, &splits, device);
+        println!(
+            "epoch {}/{}  step {}  loss {:.4} (ds {:.4}, ce {:.4})  {}  ({:.1} s)",
+            epoch + 1,
+            config.train.epochs,
+            global_step,
+            losses[0],
+            losses[1],
+            losses[2],
+            format_recall(&r),
+            t_epoch.elapsed().as_secs_f64()
+        );
+        logger.epoch(&EpochRecord { epoch: epoch + 1, step: global_step, losses: Some(losses), recall: r.clone() })?;
+        final_recall = r;
+        if stopped_early {
+            println!("stopped at train.max_steps = {}", config.train.max_steps);
+            break 'epochs;
+        }
+    }
+    save_final(&state, &run_dir.join("final.safetensors"))?;
+    Ok(TrainSummary { run_dir: run_dir.to_path_buf(), steps: global_step, initial_recall, final_recall })
+}
+
+/// Writes every variable (trained or frozen, plus BN running statistics) under its
+/// VarStore name; docs/run-directory.md lists the names.
+pub fn save_final(state: &TrainState, path: &Path) -> Result<()> {
+    let mut vars: Vec<(String, Tensor)> = state.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let refs: Vec<(&str, Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t.detach().contiguous())).collect();
+    Tensor::write_safetensors(&refs, path).map_err(|e| HistError::Io { path: path.to_path_buf(), message: format!("cannot write: {e}") })
+}

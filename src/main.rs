@@ -38,6 +38,29 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Time forward+backward of the HIST loss on random inputs (scripts/bench_loss.py).
+    #[command(hide = true)]
+    BenchLoss {
+        #[arg(long, default_value_t = 256)]
+        n: i64,
+        #[arg(long, default_value_t = 1000)]
+        c: i64,
+        #[arg(long, default_value_t = 512)]
+        d: i64,
+        #[arg(long, default_value_t = 512)]
+        hidden: i64,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Images per class in the batch.
+        #[arg(long, default_value_t = 4)]
+        ipc: i64,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+    },
 }
 
 fn resolve_config(path: Option<&PathBuf>, overrides: &[String]) -> hist::Result<Config> {
@@ -54,6 +77,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", serde_yaml_ng::to_string(&config).context("serialising the config")?);
         }
         Command::InspectLoss { input, output } => hist::tools::inspect_loss::run(&input, &output)?,
+        Command::BenchLoss { n, c, d, hidden, reps, warmup, threads, ipc, seed } => {
+            let args = hist::tools::bench_loss::BenchArgs { n, c, d, hidden, reps, warmup, threads, ipc, seed };
+            hist::tools::bench_loss::run(&args)?
+        }
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
 //! Training: optimisers over parameters the project owns, schedules, the loop.
 pub mod optim;
-// pub mod param_groups;  (enabled once optim lands)
+pub mod param_groups;
 // pub mod trainer;

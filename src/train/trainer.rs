@@ -101,10 +101,20 @@ pub fn train(config: &Config, run_dir: &Path) -> Result<TrainSummary> {
             return Err(HistError::config("device", format!("{} requested but not available on this machine; use device: cpu", config.device)));
         }
     }
+    let created_run_dir = !run_dir.exists();
     prepare_run_dir(run_dir, config)?;
-    let mut logger = RunLogger::create(run_dir)?;
     let t_data = Instant::now();
-    let splits = load_data(config)?;
+    let splits = match load_data(config) {
+        Ok(s) => s,
+        Err(e) => {
+            // A run that never started leaves nothing behind in a folder it created.
+            if created_run_dir {
+                let _ = std::fs::remove_dir_all(run_dir);
+            }
+            return Err(e);
+        }
+    };
+    let mut logger = RunLogger::create(run_dir)?;
     println!(
         "data: {} train images / {} classes, {} test images / {} classes ({:.1} s)",
         splits.train.len(),

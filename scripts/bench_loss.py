@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""HIST loss benchmark: forward + backward time and peak memory on the CPU, in f32, of
+  ours          `hist bench-loss` (the tch implementation in src/loss/),
+  materialising the authors' PyTorch code (github.com/ljin0429/HIST, code/hist.py), which
+                builds the N×C×D difference for the distances and a dense N×N G,
+  floor         the bare matrix products the distances need: three [N,D]×[D,C] products
+                forward and their six backward products ([N,C]×[C,D], [C,N]×[N,D]),
+each in a fresh subprocess with the same thread count; then writes (or replaces) the
+"## HIST loss" section of docs/benchmarks.md.
+
+Run from the repository root, after `cargo build --bin hist`:
+    $HIST_PYTHON scripts/bench_loss.py            # HIST_PYTHON: see .cargo/config.toml
+
+Peak memory of a measured region = VmHWM − VmRSS, read from /proc/self/status after the
+peak was reset to the current RSS by writing "5" to /proc/self/clear_refs (after warm-up,
+with the inputs allocated). Every subprocess runs with glibc's mmap threshold pinned
+(MALLOC_MMAP_THRESHOLD_), so freed tensors go back to the OS and the RSS follows the live
+tensors instead of malloc's retained heap.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+SUB_BATCH_CAP_BYTES = 4 << 30  # the materialising run is sub-batched above this estimate
+
+
+# ---------------------------------------------------------------- measurement helpers
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def measure(step, reps, warmup):
+    """Times `step()` reps times after warmup calls; returns the report fields."""
+    for _ in range(warmup):
+        step()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        method = "clear_refs reset of VmHWM, VmHWM - VmRSS"
+    except OSError:
+        method = "VmHWM - VmRSS (no reset: includes warm-up)"
+    base = status_kib("VmRSS:")
+    times = []
+    value = None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        value = step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    peak = status_kib("VmHWM:")
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "times_ms": times,
+            "baseline_rss_mb": base / 1024, "peak_growth_mb": max(0, peak - base) / 1024,
+            "peak_method": method, "loss": value}
+
+
+# ---------------------------------------------------------------- the PyTorch workers
+def worker(a):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    n, c, d, hid = a.n, a.c, a.d, a.hidden
+
+    if a.impl == "floor":
+        xs = [torch.randn(n, d) for _ in range(3)]
+        ms = [torch.randn(c, d) for _ in range(3)]
+        g_out = torch.randn(n, c)
+
+        def step():
+            # Forward: the three [N,D]×[D,C] products; backward: dA = G·B, dB = Gᵀ·A each.
+            outs = [torch.mm(x, m.t()) for x, m in zip(xs, ms)]
+            grads = [(torch.mm(g_out, m), torch.mm(g_out.t(), x)) for x, m in zip(xs, ms)]
+            del outs, grads
+            return None
+
+        return {"impl": "floor (9 matmuls)", **measure(step, a.reps, a.warmup)}
+
+    # The authors' code (code/hist.py), on the CPU; binarize(T) is a one-hot of the labels.
+    def pairwise_mahalanobis(X, means, log_vars):
+        new_X = torch.unsqueeze(X, dim=1).expand(-1, means.size(0), -1)
+        new_means = torch.unsqueeze(means, dim=0).expand(X.size(0), -1, -1)
+        diff = new_X - new_means
+        covs = torch.unsqueeze(torch.exp(log_vars), dim=0)
+        return torch.div(diff.pow(2), covs).sum(dim=-1)
+
+    def cds2hg(X, T, mu, log_vars, tau, alpha):
+        log_vars = F.relu6(log_vars)
+        X = F.normalize(X, p=2, dim=-1)
+        mu = F.normalize(mu, p=2, dim=-1)
+        P_one_hot = F.one_hot(T, c).float()
+        distance = pairwise_mahalanobis(X, mu, log_vars)
+        mat = F.softmax(-1 * tau * distance, dim=1)
+        loss = torch.sum(mat * P_one_hot, dim=1)
+        non_zero = loss != 0
+        loss = -torch.log(loss[non_zero])
+        class_within_batch = torch.nonzero(P_one_hot.sum(dim=0) != 0).squeeze(dim=1)
+        exp_term = torch.exp(-1 * alpha * distance[:, class_within_batch])
+        H = P_one_hot[:, class_within_batch] + exp_term * (1 - P_one_hot[:, class_within_batch])
+        return loss.mean(), H
+
+    def compute_G(H):
+        we = torch.ones(H.size(1))
+        Dv = (H * we).sum(dim=1)
+        De = H.sum(dim=0)
+        return torch.linalg.multi_dot([torch.diag(torch.pow(Dv, -0.5)), H, torch.diag(we),
+                                       torch.diag(torch.pow(De, -1)), torch.t(H),
+                                       torch.diag(torch.pow(Dv, -0.5))])
+
+    def hgnn(X, H, w1, b1, bn_w, bn_b, w2, b2):
+        G = compute_G(H)
+        X = G.matmul(F.linear(X, w1, b1))
+        X = F.batch_norm(X, None, None, bn_w, bn_b, training=True, momentum=0.1, eps=1e-5)
+        X = F.leaky_relu(X, 0.1)
+        return G.matmul(F.linear(X, w2, b2))
+
+    distinct = min(-(-n // a.ipc), c)
+    labels = torch.randperm(c)[:distinct][torch.arange(n) % distinct]
+    u = lambda shape, fan: (torch.rand(*shape) * 2 - 1) / fan ** 0.5
+    leaves = [torch.randn(n, d), torch.randn(c, d) * (2 / c) ** 0.5,
+              torch.randn(c, d) * (2 / c) ** 0.5, u((hid, d), d), u((hid,), d),
+              torch.ones(hid), torch.zeros(hid), u((c, hid), hid), u((c,), hid)]
+    leaves = [t.requires_grad_(True) for t in leaves]
+
+    def step():
+        x, means, log_vars, w1, b1, bn_w, bn_b, w2, b2 = leaves
+        dist_loss, H = cds2hg(x, labels, means, log_vars, 32.0, 0.9)
+        out = hgnn(x, H, w1, b1, bn_w, bn_b, w2, b2)
+        loss = dist_loss + 1.0 * F.cross_entropy(out, labels)
+        grads = torch.autograd.grad(loss, leaves)
+        del grads
+        return float(loss)
+
+    return {"impl": "materialising (authors' code)", **measure(step, a.reps, a.warmup)}
+
+
+# ---------------------------------------------------------------- orchestration
+def run_json(cmd, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **MALLOC_ENV)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"bench_loss: {' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def py_worker(impl, n, c, a, reps, warmup):
+    cmd = [sys.executable, __file__, "worker", "--impl", impl, "--n", n, "--c", c, "--d", a.d,
+           "--hidden", a.hidden, "--reps", reps, "--warmup", warmup, "--threads", a.threads,
+           "--ipc", a.ipc]
+    return run_json([str(x) for x in cmd], a.threads)
+
+
+def ours(n, c, a):
+    cmd = [a.hist, "bench-loss", "--n", n, "--c", c, "--d", a.d, "--hidden", a.hidden,
+           "--reps", a.reps, "--warmup", 2, "--threads", a.threads, "--ipc", a.ipc]
+    return run_json([str(x) for x in cmd], a.threads)
+
+
+def mem_available_bytes():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def materialising_batch(n, c, d):
+    """Largest N' = N / 2^k whose N'×C×D run fits the cap (estimate: 6 live N'·C·D f32
+    tensors at the peak of the backward)."""
+    cap = min(SUB_BATCH_CAP_BYTES, int(0.35 * mem_available_bytes()))
+    sub = n
+    while sub > 8 and 6 * sub * c * d * 4 > cap:
+        sub //= 2
+    return sub
+
+
+def machine():
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, {mem_gib:.0f} GiB RAM, Linux {platform.release()}"
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def git_rev():
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src/loss"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return rev + (" (src/loss/ modified)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def fmt_ms(r):
+    return f"{r['median_ms']:.1f} ({r['min_ms']:.1f})"
+
+
+def section(a, rows, validation, started, load0, load1, torch_version):
+    n, d = a.n, a.d
+    lines = ["## HIST loss", "",
+             f"Forward + backward of the HIST loss on the CPU, f32, N = {n}, D = {d}, HGNN hidden "
+             f"{a.hidden}, class-balanced batch ({a.ipc} images per class), gradients for the "
+             f"embeddings, prototypes and HGNN weights; {a.threads} threads for every implementation. "
+             "Times in ms, median (min) of the timed passes after warm-up; peak = growth of the "
+             "process's resident set over the timed passes, in MiB.",
+             "",
+             "- **ours**: `hist bench-loss` (src/loss/, tch over libtorch); distances as "
+             "expanded products, G applied as row/column scalings.",
+             "- **materialising**: the authors' PyTorch code (code/hist.py of "
+             "github.com/ljin0429/HIST) on the CPU: N×C×D difference tensor, dense diagonal "
+             "matrices for G.",
+             "- **floor**: only the matrix products the distances need: three [N,D]×[D,C] "
+             "forward and their six backward products (dA = G·B, dB = Gᵀ·A).",
+             "",
+             "| C | ours ms | materialising ms | floor ms | materialising / ours | ours / floor "
+             "| ours peak MiB | materialising peak MiB | floor peak MiB | ours peak / (N·C + C·D)·4 B |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for row in rows:
+        c, o, m, f = row["c"], row["ours"], row["mat"], row["floor"]
+        mark = "≈" if m["sub_batch"] != n else ""
+        if mark:
+            notes.append(f"C = {c}: the materialising run needs ≈ {6 * n * c * d * 4 / 2**30:.0f} GiB at "
+                         f"N = {n}; it ran at N' = {m['sub_batch']} and its time and peak are scaled "
+                         f"by N/N' = {n // m['sub_batch']} (marked ≈; both are linear in N there).")
+        unit = (n * c + c * d) * 4 / 2**20
+        lines.append(
+            f"| {c} | {fmt_ms(o)} | {mark}{m['median_ms']:.0f} ({mark}{m['min_ms']:.0f}) | {fmt_ms(f)} "
+            f"| {mark}{m['median_ms'] / o['median_ms']:.1f}× | {o['median_ms'] / f['median_ms']:.2f}× "
+            f"| {o['peak_growth_mb']:.1f} | {mark}{m['peak_growth_mb']:.0f} | {f['peak_growth_mb']:.1f} "
+            f"| {o['peak_growth_mb'] / unit:.1f} |")
+    lines.append("")
+    for note in notes:
+        lines.append(f"- {note}")
+    if validation:
+        v = validation
+        lines.append(f"- Check of that scaling at C = {v['c']}: measured at N = {n}: {v['full_ms']:.0f} ms, "
+                     f"{v['full_mb']:.0f} MiB; from N' = {v['sub']} scaled: {v['scaled_ms']:.0f} ms, "
+                     f"{v['scaled_mb']:.0f} MiB.")
+    big = rows[-1]
+    o, m, f = big["ours"], big["mat"], big["floor"]
+    lines += ["",
+              f"Goals at C = {big['c']}: ≥ 10× faster than materialising — "
+              f"{m['median_ms'] / o['median_ms']:.0f}×; within 2× of the floor — "
+              f"{o['median_ms'] / f['median_ms']:.2f}×; peak memory ∝ N·C + C·D, not N·C·D — "
+              f"{o['peak_growth_mb']:.0f} MiB against N·C·D·4 B = {n * big['c'] * d * 4 / 2**20:.0f} MiB "
+              f"and (N·C + C·D)·4 B = {(n * big['c'] + big['c'] * d) * 4 / 2**20:.1f} MiB (last column: "
+              "the ratio stays flat as C grows).",
+              "",
+              f"Produced by `{a.command}` on {started} (git {git_rev()}, torch {torch_version}, "
+              f"`hist` built with the dev profile: opt-level 1, dependencies at 3; the loss runs "
+              f"inside libtorch). Machine: {machine()}; load average {load0} before, {load1} after "
+              "(the machine is shared, so medians are noisy; the mins are the cleaner figure).",
+              "",
+              "Peak memory: after warm-up, with the inputs allocated, the process writes \"5\" to "
+              "/proc/self/clear_refs, which resets VmHWM to the current VmRSS; the figure is "
+              "VmHWM − VmRSS after the timed passes. All processes run with glibc's mmap threshold "
+              "pinned (MALLOC_MMAP_THRESHOLD_=131072, MALLOC_TRIM_THRESHOLD_=131072) so that freed "
+              "tensors return to the OS and RSS tracks live tensors.", ""]
+    return "\n".join(lines)
+
+
+def write_section(path, text):
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    start = old.find("## HIST loss")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + 1)
+        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new.rstrip("\n") + "\n")
+
+
+def main_run(a):
+    import torch
+
+    if not Path(a.hist).exists():
+        sys.exit(f"bench_loss: {a.hist} not found; run `cargo build --bin hist` first")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load0 = loadavg()
+    rows, validation = [], None
+    for c in a.classes:
+        print(f"C = {c}: ours", file=sys.stderr, flush=True)
+        o = ours(a.n, c, a)
+        print(f"C = {c}: floor", file=sys.stderr, flush=True)
+        f = py_worker("floor", a.n, c, a, a.reps, 2)
+        sub = materialising_batch(a.n, c, a.d)
+        print(f"C = {c}: materialising at N = {sub}", file=sys.stderr, flush=True)
+        m = py_worker("materialising", sub, c, a, a.mat_reps, 1)
+        scale = a.n // sub
+        m = dict(m, sub_batch=sub, median_ms=m["median_ms"] * scale, min_ms=m["min_ms"] * scale,
+                 peak_growth_mb=m["peak_growth_mb"] * scale)
+        rows.append({"c": c, "ours": o, "floor": f, "mat": m})
+        print(json.dumps(rows[-1]), flush=True)
+    # Check the sub-batch scaling on the largest C that ran in full.
+    full = [r for r in rows if r["mat"]["sub_batch"] == a.n]
+    subs = [r["mat"]["sub_batch"] for r in rows if r["mat"]["sub_batch"] != a.n]
+    if full and subs:
+        r = full[-1]
+        print(f"C = {r['c']}: materialising at N = {subs[-1]} (scaling check)", file=sys.stderr, flush=True)
+        v = py_worker("materialising", subs[-1], r["c"], a, a.mat_reps, 1)
+        k = a.n // subs[-1]
+        validation = {"c": r["c"], "sub": subs[-1], "full_ms": r["mat"]["median_ms"],
+                      "full_mb": r["mat"]["peak_growth_mb"], "scaled_ms": v["median_ms"] * k,
+                      "scaled_mb": v["peak_growth_mb"] * k}
+    text = section(a, rows, validation, started, load0, loadavg(), torch.__version__)
+    write_section(ROOT / a.output, text)
+    print(text)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd")
+    w = sub.add_parser("worker", help="(internal) one PyTorch measurement, JSON on stdout")
+    w.add_argument("--impl", choices=["materialising", "floor"], required=True)
+    for k, v in (("n", 256), ("c", 1000), ("d", 512), ("hidden", 512), ("reps", 5),
+                 ("warmup", 1), ("threads", 2), ("ipc", 4), ("seed", 0)):
+        w.add_argument("--" + k, type=int, default=v)
+    p.add_argument("--hist", default=str(ROOT / "target/debug/hist"))
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--d", type=int, default=512)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--classes", type=int, nargs="+", default=[100, 1000, 11318])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ipc", type=int, default=4)
+    p.add_argument("--reps", type=int, default=20, help="timed passes of ours and the floor")
+    p.add_argument("--mat-reps", type=int, default=3, help="timed passes of the materialising code")
+    p.add_argument("--output", default="docs/benchmarks.md")
+    a = p.parse_args()
+    if a.cmd == "worker":
+        print(json.dumps(worker(a)))
+    else:
+        a.command = "python scripts/bench_loss.py " + " ".join(sys.argv[1:])
+        main_run(a)
+
+
+if __name__ == "__main__":
+    main()

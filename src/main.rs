@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use hist::config::{load_config, load_config_str, Config, ConfigSource};
+use hist::telemetry::run_dir::choose_run_dir;
 
 /// The embedded default config (configs/demo.yaml).
 const DEMO_CONFIG: &str = include_str!("../configs/demo.yaml");
@@ -20,6 +21,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train one worker (the embedded demo config when --config is not given).
+    Train {
+        /// YAML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run directory (default: runs/<name>, numbered if taken).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Override a config key, e.g. --set data.batch_size=120 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Print the resolved config (after --set overrides) as YAML and exit.
     ShowConfig {
         /// YAML config file (default: the embedded demo).
@@ -72,6 +85,13 @@ fn resolve_config(path: Option<&PathBuf>, overrides: &[String]) -> hist::Result<
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Train { config, run_dir, overrides } => {
+            let config = resolve_config(config.as_ref(), &overrides)?;
+            let dir = choose_run_dir(run_dir.as_deref(), &config.name)?;
+            println!("run directory: {}", dir.display());
+            let summary = hist::train::train(&config, &dir)?;
+            println!("done: {} steps; final parameters in {}", summary.steps, dir.join("final.safetensors").display());
+        }
         Command::ShowConfig { config, overrides } => {
             let config = resolve_config(config.as_ref(), &overrides)?;
             print!("{}", serde_yaml_ng::to_string(&config).context("serialising the config")?);

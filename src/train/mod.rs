@@ -1,4 +1,6 @@
 //! Training: optimisers over parameters the project owns, schedules, the loop.
 pub mod optim;
 pub mod param_groups;
-// pub mod trainer;
+pub mod trainer;
+
+pub use trainer::{train, TrainSummary};

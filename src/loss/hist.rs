@@ -41,8 +41,10 @@ pub struct HistTensors<'a> {
 
 /// HIST loss of embeddings `x` [N, D] (the head's output) with int64 `labels` [N] in
 /// 0..C. The distribution loss uses log-softmax, so a sample whose probability
-/// underflows contributes a large finite term instead of being dropped (the authors'
-/// code drops it); with τ = 32 and distances ≤ 4·e⁰ the difference never arises.
+/// underflows contributes a large finite term instead of being dropped as in the authors'
+/// code. That happens in f32 once −τ·d of the true class trails the best class by more
+/// than about 100 (τ = 32: a distance gap above ~3), i.e. early in training on badly
+/// placed samples; keeping them keeps their gradient, which is the point of the loss.
 pub fn hist_loss(x: &Tensor, labels: &Tensor, t: HistTensors<'_>, hyper: HistHyper) -> LossTerms {
     let x_hat = l2_normalize(x);
     let m_hat = l2_normalize(t.means);

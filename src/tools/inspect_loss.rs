@@ -77,11 +77,15 @@ pub fn compute(named: &mut HashMap<String, Tensor>) -> Result<Vec<(String, Tenso
         return Err(HistError::input("embeddings", format!("expected [N, D], got {:?}", x.size())));
     }
     let (n, d) = (x.size()[0], x.size()[1]);
+    if n < 2 {
+        // BatchNorm1d in training mode needs two samples (PyTorch refuses one as well).
+        return Err(HistError::input("embeddings", format!("needs N >= 2 rows for BatchNorm1d batch statistics, got {n}")));
+    }
     let c = inputs[1].1.size().first().copied().unwrap_or(0);
     let h = inputs[3].1.size().first().copied().unwrap_or(0);
     let want: [(&[i64], &str); 9] = [
-        (&[n, d], "N, D"), (&[c, d], "C, D"), (&[c, d], "C, D"), (&[h, d], "H, D"), (&[h], "H"),
-        (&[h], "H"), (&[h], "H"), (&[c, h], "C, H"), (&[c], "C"),
+        (&[n, d], "N, D"), (&[c, d], "C, D"), (&[c, d], "C, D; C from the rows of means"), (&[h, d], "H, D"), (&[h], "H"),
+        (&[h], "H"), (&[h], "H"), (&[c, h], "C, H; C from means, H from hgnn.w1"), (&[c], "C from the rows of means"),
     ];
     for ((name, t), (shape, what)) in inputs.iter().zip(want) {
         expect_shape(name, t, shape, what)?;

@@ -110,7 +110,9 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // One line whatever a library put in its message, so logs and tests can rely on it.
+            let message = format!("{err:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("error: {message}");
             ExitCode::from(2)
         }
     }

@@ -67,7 +67,10 @@ fn scan(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
 
 /// Decodes `path`, resizes its shorter side to `size` and centre-crops size × size (RGB).
 fn load_image(path: &Path, size: u32) -> Result<Vec<u8>> {
-    let img = image::open(path).map_err(|e| data_error(path, format!("cannot decode image: {e}; fix or remove the file")))?;
+    let img = image::open(path).map_err(|e| {
+        let reason = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        data_error(path, format!("cannot decode image: {reason}; fix or remove the file"))
+    })?;
     let (w, h) = (img.width().max(1), img.height().max(1));
     let scale = size as f64 / w.min(h) as f64;
     let (nw, nh) = (((w as f64 * scale).round() as u32).max(size), ((h as f64 * scale).round() as u32).max(size));

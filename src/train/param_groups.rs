@@ -76,3 +76,34 @@ pub fn set_trunk_frozen(groups: &[ParamGroup], frozen: bool) {
         let _ = t.set_requires_grad(!frozen);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_lr_halves_every_step_epochs() {
+        let o = OptimConfig { lr_decay_step: 3, lr_decay_gamma: 0.5, ..OptimConfig::default() };
+        let got: Vec<f64> = (0..7).map(|e| scheduled_lr(1.0, &o, e)).collect();
+        assert_eq!(got, vec![1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]);
+    }
+
+    #[test]
+    fn group_rates_follow_the_recipe() {
+        let o = OptimConfig { lr: 2e-4, lr_embedding: None, lr_ds: 0.1, lr_hgnn_factor: 5.0, ..OptimConfig::default() };
+        assert_eq!(base_lrs(&o), [2e-4, 2e-4, 0.1, 1e-3]);
+        let o = OptimConfig { lr_embedding: Some(3e-4), ..o };
+        assert_eq!(base_lrs(&o)[1], 3e-4);
+    }
+
+    #[test]
+    fn names_map_to_groups() {
+        assert_eq!(group_of("backbone.unit0.conv.weight"), Some(0));
+        assert_eq!(group_of("head.weight"), Some(1));
+        assert_eq!(group_of("loss.means"), Some(2));
+        assert_eq!(group_of("loss.log_vars"), Some(2));
+        assert_eq!(group_of("loss.hgnn.w1"), Some(3));
+        assert_eq!(group_of("loss.hgnn.bn.weight"), Some(3));
+        assert_eq!(group_of("something.else"), None);
+    }
+}

@@ -3,8 +3,10 @@
   ours          `hist bench-loss` (the tch implementation in src/loss/),
   materialising the authors' PyTorch code (github.com/ljin0429/HIST, code/hist.py), which
                 builds the N×C×D difference for the distances and a dense N×N G,
-  floor         the bare matrix products the distances need: three [N,D]×[D,C] products
-                forward and their six backward products ([N,C]×[C,D], [C,N]×[N,D]),
+  floor         the bare matrix products of size N×C×512 the loss needs — two for the
+                distances (x̂²·(1/σ²)ᵀ and x̂·(m̂/σ²)ᵀ) and the HGNN's output layer
+                (h·W2ᵀ, W2 of shape [C, 512]) — forward, and their six backward products
+                ([N,C]×[C,D], [C,N]×[N,D]): nine products in all,
 each in a fresh subprocess with the same thread count; then writes (or replaces) the
 "## HIST loss" section of docs/benchmarks.md.
 
@@ -250,8 +252,9 @@ def section(a, rows, started, load0, load1, torch_version):
              "- **materialising**: the authors' PyTorch code (code/hist.py of "
              "github.com/ljin0429/HIST) on the CPU: N×C×D difference tensor, dense diagonal "
              "matrices for G.",
-             "- **floor**: only the matrix products the distances need: three [N,D]×[D,C] "
-             "forward and their six backward products (dA = G·B, dB = Gᵀ·A).",
+             "- **floor**: only the N×C×512 matrix products the loss needs — two for the "
+             "distances and the HGNN's output layer (W2 is [C, 512]) — forward, and their six "
+             "backward products (dA = G·B, dB = Gᵀ·A): nine products in all.",
              "",
              "| C | ours ms | materialising ms | floor ms | materialising / ours | ours / floor "
              "| ours peak MiB | materialising peak MiB | floor peak MiB | ours peak / (N·C + C·D)·4 B |",

@@ -1,8 +1,15 @@
 //! Reader for a user's labelled folders: one sub-folder of JPEG/PNG images per class.
+//!
+//! Classes are the non-hidden sub-folders of the root, sorted by name; a class's images
+//! are its non-hidden `*.jpg`, `*.jpeg` and `*.png` files (any letter case), sorted by
+//! name; anything else is ignored. Every image is decoded to RGB (alpha dropped), resized
+//! so its shorter side is `image_size` (triangle filter) and centre-cropped to a square.
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
+use image::ImageReader;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -14,8 +21,20 @@ use crate::error::{HistError, Result};
 
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
+/// Most threads used for decoding; beyond this, reading files is the bottleneck anyway.
+const MAX_DECODE_THREADS: usize = 8;
+
+/// One class folder: its name and its image files.
+type ClassFiles = (String, Vec<PathBuf>);
+
 fn data_error(path: &Path, message: impl Into<String>) -> HistError {
     HistError::Data { path: path.to_path_buf(), message: message.into() }
+}
+
+/// An OS error as one line, without the "(os error N)" suffix that adds nothing here.
+fn os_reason(e: &io::Error) -> String {
+    let text = e.to_string();
+    text.split(" (os error").next().unwrap_or(&text).to_string()
 }
 
 fn is_hidden(path: &Path) -> bool {
@@ -28,12 +47,12 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// The non-hidden entries of `dir`, sorted by path (so by name: they share the parent).
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = fs::read_dir(dir).map_err(|e| data_error(dir, format!("cannot list: {e}")))?;
+    let cannot = |e: io::Error| data_error(dir, format!("cannot list folder: {}; check its permissions", os_reason(&e)));
     let mut paths = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| data_error(dir, format!("cannot list: {e}")))?;
-        let path = entry.path();
+    for entry in fs::read_dir(dir).map_err(cannot)? {
+        let path = entry.map_err(cannot)?.path();
         if !is_hidden(&path) {
             paths.push(path);
         }
@@ -43,43 +62,59 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The class folders of `root` (sorted by name) and each one's image files (sorted).
-fn scan(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
-    if !root.exists() {
-        return Err(data_error(root, "does not exist; set data.root to a folder with one sub-folder per class"));
+fn scan(root: &Path) -> Result<Vec<ClassFiles>> {
+    match fs::metadata(root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(data_error(root, "does not exist; set data.root to a folder with one sub-folder per class"));
+        }
+        Err(e) => return Err(data_error(root, format!("cannot be read: {}; check its permissions", os_reason(&e)))),
+        Ok(m) if !m.is_dir() => {
+            return Err(data_error(root, "is not a directory; data.root must be a folder with one sub-folder per class"));
+        }
+        Ok(_) => {}
     }
-    if !root.is_dir() {
-        return Err(data_error(root, "is not a directory; data.root must be a folder with one sub-folder per class"));
-    }
+    let entries = sorted_entries(root)?;
     let mut classes = Vec::new();
-    for dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
-        let images: Vec<PathBuf> = sorted_entries(&dir)?.into_iter().filter(|p| p.is_file() && is_image(p)).collect();
+    for dir in entries.iter().filter(|p| p.is_dir()) {
+        let images: Vec<PathBuf> = sorted_entries(dir)?.into_iter().filter(|p| p.is_file() && is_image(p)).collect();
         if images.is_empty() {
-            return Err(data_error(&dir, "class folder has no .jpg/.jpeg/.png images; add images or remove the folder"));
+            return Err(data_error(dir, "class folder has no .jpg/.jpeg/.png images; add images or remove the folder"));
         }
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         classes.push((name, images));
     }
     if classes.is_empty() {
-        return Err(data_error(root, "has no class sub-folders; put each class's images in a sub-folder of its own"));
+        // Pointing data.root at a single class folder is the likely mistake; say so.
+        let loose = entries.iter().filter(|p| p.is_file() && is_image(p)).count();
+        let hint = if loose > 0 { format!(" ({loose} images lie directly in it)") } else { String::new() };
+        return Err(data_error(
+            root,
+            format!("has no class sub-folders{hint}; put each class's images in a sub-folder of its own"),
+        ));
     }
     Ok(classes)
 }
 
-/// Decodes `path`, resizes its shorter side to `size` and centre-crops size × size (RGB).
+/// Decodes `path` (format sniffed from the bytes, so a PNG named .jpg still loads),
+/// resizes its shorter side to `size`, centre-crops size × size and returns RGB as CHW.
 fn load_image(path: &Path, size: u32) -> Result<Vec<u8>> {
-    let img = image::open(path).map_err(|e| {
-        let reason = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+    let undecodable = |reason: String| {
+        let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
         data_error(path, format!("cannot decode image: {reason}; fix or remove the file"))
-    })?;
-    let (w, h) = (img.width().max(1), img.height().max(1));
-    let scale = size as f64 / w.min(h) as f64;
-    let (nw, nh) = (((w as f64 * scale).round() as u32).max(size), ((h as f64 * scale).round() as u32).max(size));
-    let resized = img.resize_exact(nw, nh, FilterType::Triangle).to_rgb8();
-    let (x0, y0) = ((nw - size) / 2, (nh - size) / 2);
-    let cropped = image::imageops::crop_imm(&resized, x0, y0, size, size).to_image();
+    };
+    let reader = ImageReader::open(path).map_err(|e| data_error(path, format!("cannot read: {}", os_reason(&e))))?;
+    let reader = reader.with_guessed_format().map_err(|e| undecodable(os_reason(&e)))?;
+    let img = reader.decode().map_err(|e| undecodable(e.to_string()))?;
+    // Convert first: resizing 8-bit RGB is cheaper than 16-bit or RGBA.
+    let mut img = image::DynamicImage::ImageRgb8(img.to_rgb8()).resize_to_fill(size, size, FilterType::Triangle);
+    if (img.width(), img.height()) != (size, size) {
+        // resize_to_fill rounds; never let an off-by-one reach the tensor layout.
+        img = img.resize_exact(size, size, FilterType::Triangle);
+    }
+    let rgb = img.to_rgb8();
     let s = size as usize;
     let mut chw = vec![0u8; 3 * s * s];
-    for (x, y, p) in cropped.enumerate_pixels() {
+    for (x, y, p) in rgb.enumerate_pixels() {
         for c in 0..3 {
             chw[c * s * s + y as usize * s + x as usize] = p[c];
         }
@@ -87,31 +122,64 @@ fn load_image(path: &Path, size: u32) -> Result<Vec<u8>> {
     Ok(chw)
 }
 
-fn build_set(classes: &[&(String, Vec<PathBuf>)], size: usize) -> Result<ImageSet> {
-    let mut data = Vec::new();
+/// Decodes `paths` in order into one CHW buffer, on a few threads over contiguous chunks.
+/// The error reported is that of the first bad file in `paths` order.
+fn load_all(paths: &[&Path], size: usize) -> Result<Vec<u8>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_DECODE_THREADS);
+    let chunk = paths.len().div_ceil(threads.max(1)).max(1);
+    let parts: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut buf = Vec::with_capacity(part.len() * 3 * size * size);
+                    for path in part {
+                        buf.extend(load_image(path, size as u32)?);
+                    }
+                    Ok(buf)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    let mut data = Vec::with_capacity(paths.len() * 3 * size * size);
+    for part in parts {
+        data.extend(part?);
+    }
+    Ok(data)
+}
+
+fn build_set(classes: &[&ClassFiles], size: usize) -> Result<ImageSet> {
+    let mut paths = Vec::new();
     let mut labels = Vec::new();
     for (label, (_, images)) in classes.iter().enumerate() {
-        for path in images {
-            data.extend(load_image(path, size as u32)?);
-            labels.push(label as i64);
-        }
+        paths.extend(images.iter().map(PathBuf::as_path));
+        labels.extend(std::iter::repeat_n(label as i64, images.len()));
     }
+    let data = load_all(&paths, size)?;
     let images = Tensor::from_slice(&data).view([labels.len() as i64, 3, size as i64, size as i64]);
     Ok(ImageSet { images, labels, class_names: classes.iter().map(|(n, _)| n.clone()).collect() })
 }
 
-/// Loads `root` and splits its classes (seeded by `cfg.split_seed`) into disjoint train
-/// and test classes by `cfg.train_fraction`; each side needs at least 2 classes.
+/// Loads `root` and splits its classes into disjoint train and test classes: the sorted
+/// classes are shuffled with ChaCha8 seeded by `cfg.split_seed`, the first
+/// round(classes × `cfg.train_fraction`) train and the rest test; each side needs at least
+/// 2 classes. Within a split, labels follow folder-name order.
 pub fn load_folder(root: &Path, cfg: &FolderConfig, image_size: usize) -> Result<Splits> {
     let classes = scan(root)?;
     let mut order: Vec<usize> = (0..classes.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.split_seed));
-    let n_train = ((classes.len() as f64) * cfg.train_fraction).round() as usize;
+    let wanted = classes.len() as f64 * cfg.train_fraction;
+    // NaN or a negative fraction become 0 train classes and fail the check below.
+    let n_train = if wanted.is_finite() && wanted > 0.0 { (wanted.round() as usize).min(classes.len()) } else { 0 };
     if n_train < 2 || classes.len() - n_train < 2 {
         return Err(data_error(
             root,
             format!(
-                "{} classes split {n_train} train / {} test by data.folder.train_fraction {}; each side needs >= 2 classes",
+                "{} classes split {n_train} train / {} test by data.folder.train_fraction {}; each side needs >= 2 classes (add class folders or change the fraction)",
                 classes.len(),
                 classes.len() - n_train,
                 cfg.train_fraction

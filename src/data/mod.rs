@@ -2,6 +2,7 @@
 mod image_set;
 pub mod folder;
 pub mod sampler;
+pub mod streams;
 pub mod synthetic;
 
 pub use image_set::{ImageSet, Splits};

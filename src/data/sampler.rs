@@ -1,32 +1,21 @@
 //! Class-balanced batches: batch/IPC distinct classes × IPC images each, as a pure
 //! function of (seed, epoch, step) so any rank, or a resumed run, can recompute any batch.
+//!
+//! Randomness: batch `step` of `epoch` draws from the stream keyed (seed, `streams::BATCH`,
+//! epoch, step) and its flips from (seed, `streams::FLIP`, epoch, step), so the two never
+//! share draws and turning flips off leaves the batches unchanged (see `data::streams`).
+use std::collections::BTreeMap;
+
 use rand::seq::index::sample;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 
+use super::streams::{self, stream_rng};
 use crate::error::{HistError, Result};
-
-/// Random streams derived from one (seed, epoch, step): which batch, and its augmentation.
-const STREAM_BATCH: u64 = 0;
-const STREAM_FLIP: u64 = 1;
-
-/// SplitMix64's finaliser: decorrelates nearby inputs (epoch 3 vs 4) before seeding.
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A ChaCha8 stream keyed by (seed, epoch, step, stream).
-pub fn stream_rng(seed: u64, epoch: usize, step: usize, stream: u64) -> ChaCha8Rng {
-    let key = mix(mix(mix(mix(seed) ^ epoch as u64) ^ step as u64) ^ stream);
-    ChaCha8Rng::seed_from_u64(key)
-}
 
 /// The class-balanced batch plan of one training split.
 #[derive(Debug, Clone)]
 pub struct BalancedSampler {
+    /// Image indices of each class that has images, in label order.
     by_class: Vec<Vec<usize>>,
     batch_size: usize,
     ipc: usize,
@@ -39,16 +28,22 @@ impl BalancedSampler {
     /// are fewer non-empty classes than batch/ipc, or fewer images than one batch.
     pub fn new(labels: &[i64], batch_size: usize, ipc: usize, seed: u64) -> Result<Self> {
         let bad = |message: String| HistError::Data { path: "training split".into(), message };
+        if batch_size == 0 {
+            return Err(bad("data.batch_size must be at least 1".to_string()));
+        }
         if ipc == 0 || batch_size % ipc != 0 {
             return Err(bad(format!("data.ipc ({ipc}) must divide data.batch_size ({batch_size})")));
         }
-        let classes = labels.iter().copied().max().map_or(0, |m| m.max(-1) + 1) as usize;
-        let mut by_class = vec![Vec::new(); classes];
+        // A map rather than a label-indexed Vec: sparse or huge labels cost nothing, and
+        // iteration in label order keeps the plan independent of the labels' layout.
+        let mut members: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
         for (i, &y) in labels.iter().enumerate() {
-            let y = usize::try_from(y).map_err(|_| bad(format!("negative label {y} at image {i}")))?;
-            by_class[y].push(i);
+            if y < 0 {
+                return Err(bad(format!("negative label {y} at image {i}")));
+            }
+            members.entry(y).or_default().push(i);
         }
-        by_class.retain(|members| !members.is_empty());
+        let by_class: Vec<Vec<usize>> = members.into_values().collect();
         let per_batch = batch_size / ipc;
         if by_class.len() < per_batch {
             return Err(bad(format!(
@@ -75,7 +70,7 @@ impl BalancedSampler {
     /// each with `ipc` of its images drawn with replacement, class-major (a class's images
     /// are contiguous, so a contiguous slice of whole classes is itself balanced).
     pub fn batch(&self, epoch: usize, step: usize) -> Vec<usize> {
-        let mut rng = stream_rng(self.seed, epoch, step, STREAM_BATCH);
+        let mut rng = stream_rng(&[self.seed, streams::BATCH, epoch as u64, step as u64]);
         let per_batch = self.batch_size / self.ipc;
         let chosen = sample(&mut rng, self.by_class.len(), per_batch);
         let mut out = Vec::with_capacity(self.batch_size);
@@ -91,7 +86,7 @@ impl BalancedSampler {
     /// Horizontal-flip decisions for the `n` images of batch `step` of `epoch`, on a stream
     /// of their own so that turning augmentation on or off never changes the batches.
     pub fn flips(&self, epoch: usize, step: usize, n: usize) -> Vec<bool> {
-        let mut rng = stream_rng(self.seed, epoch, step, STREAM_FLIP);
+        let mut rng = stream_rng(&[self.seed, streams::FLIP, epoch as u64, step as u64]);
         (0..n).map(|_| rng.random_bool(0.5)).collect()
     }
 }

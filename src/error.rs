@@ -21,6 +21,10 @@ pub enum HistError {
     #[error("input {name}: {message}")]
     Input { name: String, message: String },
 
+    /// A failure of the process group: rendezvous, a peer, or a collective.
+    #[error("distributed: {0}")]
+    Dist(String),
+
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

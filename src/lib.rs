@@ -3,6 +3,7 @@
 //! Data flows one way: config → data → model → loss → optimiser → telemetry.
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod loss;

@@ -85,27 +85,26 @@ fn class_counts_are_clamped_to_the_factor_space() {
     assert_eq!(names.len(), MAX_CLASSES);
 }
 
-/// Per-class mean images [C, P] and the mean squared distances within and between classes.
-fn within_between(set: &ImageSet, per_class: i64) -> (f64, f64) {
-    let c = set.num_classes() as i64;
-    let x = set.images.to_kind(Kind::Float).view([c, per_class, -1]);
-    let means = x.mean_dim(1, false, Kind::Float);
-    let within = (&x - means.unsqueeze(1)).square().mean(Kind::Float).double_value(&[]);
-    let between = (&means - means.mean_dim(0, true, Kind::Float)).square().mean(Kind::Float).double_value(&[]);
-    (within, between)
+/// Mean squared pixel distance between two images of one class, and of two classes.
+fn within_between(set: &ImageSet) -> (f64, f64) {
+    let n = set.len() as i64;
+    let x = set.images.to_kind(Kind::Double).view([n, -1]);
+    let d2 = Tensor::cdist(&x, &x, 2.0, None::<i64>).square();
+    let y = Tensor::from_slice(&set.labels);
+    let same = y.unsqueeze(0).eq_tensor(&y.unsqueeze(1)).to_kind(Kind::Double);
+    let off_diag = Tensor::ones([n, n], (Kind::Double, tch::Device::Cpu)) - Tensor::eye(n, (Kind::Double, tch::Device::Cpu));
+    let mean_over = |mask: &Tensor| ((&d2 * mask).sum(Kind::Double) / mask.sum(Kind::Double)).double_value(&[]);
+    (mean_over(&(&same * &off_diag)), mean_over(&(1.0 - &same)))
 }
 
 #[test]
 fn classes_differ_more_between_than_within() {
     let s = generate(&cfg(12, 2, 30), 32, 0);
-    let (within, between) = within_between(&s.train, 30);
+    let (within, between) = within_between(&s.train);
     assert!(within > 0.0, "images of a class vary");
-    // Class means are spread, but most variance is nuisance (placement, background,
-    // noise): the task is learnable and not trivial.
-    eprintln!("between {between} within {within}");
-    assert!(between > 0.05 * within && between < within, "between {between} within {within}");
-    let same_class = bytes(&s.train)[..3 * 32 * 32] != bytes(&s.train)[3 * 32 * 32..2 * 3 * 32 * 32];
-    assert!(same_class, "two images of one class differ");
+    // Images of two classes are further apart than two of one class, but most of the
+    // distance is nuisance (placement, background, noise): learnable, not trivial.
+    assert!(between > 1.1 * within && between < 3.0 * within, "between {between} within {within}");
 }
 
 /// Recall@1 of nearest neighbours on raw pixels (each query's own image excluded).
@@ -123,6 +122,5 @@ fn raw_pixels_retrieve_better_than_chance_but_far_from_perfectly() {
     let s = generate(&cfg(2, 24, 20), 32, 0);
     let r1 = raw_pixel_recall_at_1(&s.test);
     let chance = 19.0 / (24.0 * 20.0 - 1.0);
-    eprintln!("r1 {r1}");
     assert!(r1 > 3.0 * chance && r1 < 0.8, "raw-pixel Recall@1 {r1} (chance {chance})");
 }

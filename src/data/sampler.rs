@@ -31,7 +31,7 @@ impl BalancedSampler {
         if batch_size == 0 {
             return Err(bad("data.batch_size must be at least 1".to_string()));
         }
-        if ipc == 0 || batch_size % ipc != 0 {
+        if ipc == 0 || !batch_size.is_multiple_of(ipc) {
             return Err(bad(format!("data.ipc ({ipc}) must divide data.batch_size ({batch_size})")));
         }
         // A map rather than a label-indexed Vec: sparse or huge labels cost nothing, and

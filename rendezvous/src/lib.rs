@@ -1,0 +1,1 @@
+//! Job rendezvous: an authenticated key-value store with barriers, over TCP.

@@ -1,0 +1,1 @@
+//! Ring collectives over TCP between CPU ranks.

@@ -1,0 +1,7 @@
+//! The process group: environment contract, rendezvous, collectives (CPU ring, NCCL),
+//! gather with gradient and bucketed gradient reduction.
+pub mod collectives;
+pub mod cpu_ring;
+pub mod nccl;
+
+pub use collectives::{Collectives, ReduceOp, Solo};

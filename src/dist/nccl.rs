@@ -1,0 +1,1 @@
+//! NCCL collectives on CUDA tensors, with libnccl loaded at run time.

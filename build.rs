@@ -10,6 +10,7 @@ fn main() {
         );
         return;
     };
+    println!("cargo:rustc-env=HIST_LIBTORCH_DIR={}", PathBuf::from(&libtorch).display());
     let lib_dir = PathBuf::from(libtorch).join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     if lib_dir.join("libtorch_cuda.so").exists() {

@@ -89,7 +89,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = resolve_config(config.as_ref(), &overrides)?;
             let dir = choose_run_dir(run_dir.as_deref(), &config.name)?;
             println!("run directory: {}", dir.display());
-            let summary = hist::train::train(&config, &dir)?;
+            let mut solo = hist::dist::Solo;
+            let summary = hist::train::train(&config, &mut solo, Some(&dir))?;
             println!("done: {} steps; final parameters in {}", summary.steps, dir.join("final.safetensors").display());
         }
         Command::ShowConfig { config, overrides } => {

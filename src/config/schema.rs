@@ -34,6 +34,9 @@ pub struct Config {
     /// Retrieval evaluation.
     #[serde(default)]
     pub eval: EvalConfig,
+    /// Multi-rank training.
+    #[serde(default)]
+    pub dist: DistConfig,
 }
 
 fn default_name() -> String {
@@ -412,5 +415,24 @@ fn default_eval_batch() -> usize {
 impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig { ks: default_ks(), batch_size: default_eval_batch() }
+    }
+}
+
+/// Multi-rank training (the world itself comes from the launcher's environment).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistConfig {
+    /// Size of the flat gradient buckets reduced in one collective, in MiB.
+    #[serde(default = "default_bucket_mb")]
+    pub bucket_mb: f64,
+}
+
+fn default_bucket_mb() -> f64 {
+    4.0
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig { bucket_mb: default_bucket_mb() }
     }
 }

@@ -83,6 +83,7 @@ pub fn validate(c: &Config) -> Check {
         return Err(format!("eval.ks values must be >= 1 (got {k})"));
     }
     at_least("eval.batch_size", c.eval.batch_size, 1)?;
+    positive("dist.bucket_mb", c.dist.bucket_mb)?;
     Ok(())
 }
 
@@ -111,6 +112,13 @@ fn validate_data(c: &Config) -> Check {
             at_least("data.synthetic.train_classes", s.train_classes, d.batch_size / d.ipc)?;
             at_least("data.synthetic.test_classes", s.test_classes, 2)?;
             at_least("data.synthetic.images_per_class", s.images_per_class, 2)?;
+            let max = crate::data::synthetic::MAX_CLASSES;
+            if s.train_classes + s.test_classes > max {
+                return Err(format!(
+                    "data.synthetic.train_classes + test_classes = {} exceeds the {max} distinct classes the generator can make",
+                    s.train_classes + s.test_classes
+                ));
+            }
         }
         DataSource::Folder => {
             if d.root.as_deref().map_or(true, str::is_empty) {

@@ -2,6 +2,9 @@
 //! gather with gradient and bucketed gradient reduction.
 pub mod collectives;
 pub mod cpu_ring;
+pub mod env;
+pub mod gather;
+pub mod grad_sync;
 pub mod nccl;
 
 pub use collectives::{Collectives, ReduceOp, Solo};

@@ -2,5 +2,5 @@
 pub mod embed;
 pub mod recall;
 
-pub use embed::embed_all;
+pub use embed::{embed_all, embed_sharded};
 pub use recall::recall_at_k;

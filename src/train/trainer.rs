@@ -1,5 +1,5 @@
-//! The training loop of one worker: data → model → HIST loss → optimiser, evaluation at
-//! epoch ends, telemetry and the final parameters.
+//! The training loop of one rank: data → model → HIST loss → optimiser, evaluation at
+//! epoch ends, and — on rank 0 only — telemetry and the final parameters.
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -8,11 +8,14 @@ use tch::{Device, Kind, Tensor};
 
 use super::optim::{Optimizer, OptimizerKind};
 use super::param_groups::{base_lrs, param_groups, scheduled_lr, set_trunk_frozen, GROUP_NAMES};
+use super::step::{check_shardable, train_step, StepBatch};
 use crate::config::{parse_device, Config, DataSource, OptimName};
 use crate::data::sampler::BalancedSampler;
 use crate::data::{folder, synthetic, Splits};
+use crate::dist::grad_sync::{broadcast_from_rank0, GradRule};
+use crate::dist::Collectives;
 use crate::error::{HistError, Result};
-use crate::eval::{embed_all, recall_at_k};
+use crate::eval::{embed_sharded, recall_at_k};
 use crate::loss::{HistHyper, HistLoss};
 use crate::model::EmbeddingModel;
 use crate::telemetry::metrics::{EpochRecord, RunLogger};
@@ -21,11 +24,11 @@ use crate::telemetry::run_dir::prepare_run_dir;
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
-    /// Where everything was written.
-    pub run_dir: PathBuf,
+    /// Where everything was written (rank 0), if anywhere.
+    pub run_dir: Option<PathBuf>,
     /// Optimiser steps taken.
     pub steps: usize,
-    /// Recall@K before the first step (if evaluated) and at the end.
+    /// Recall@K before the first step, if evaluated.
     pub initial_recall: Option<Vec<(usize, f64)>>,
     /// Recall@K after the last step.
     pub final_recall: Vec<(usize, f64)>,
@@ -59,13 +62,7 @@ pub fn build_state(config: &Config, train_classes: i64, device: Device) -> Train
     let vs = VarStore::new(device);
     let model = EmbeddingModel::new(&vs.root(), &config.model);
     let hyper = HistHyper { tau: config.loss.tau, alpha: config.loss.alpha, ls: config.loss.ls };
-    let loss = HistLoss::new(
-        &(vs.root() / "loss"),
-        train_classes,
-        config.model.embedding_dim,
-        config.loss.hgnn_hidden,
-        hyper,
-    );
+    let loss = HistLoss::new(&(vs.root() / "loss"), train_classes, config.model.embedding_dim, config.loss.hgnn_hidden, hyper);
     let mut state = TrainState { vs, model, loss };
     if config.dtype.kind() == Kind::Double {
         state.vs.double();
@@ -83,64 +80,99 @@ fn optimizer_kind(config: &Config) -> OptimizerKind {
     }
 }
 
-fn evaluate(config: &Config, state: &TrainState, splits: &Splits, device: Device) -> Vec<(usize, f64)> {
-    let emb = embed_all(&state.model, &splits.test, config.eval.batch_size, config.dtype.kind(), device);
+/// Trunk and head gradients are summed across ranks, loss-parameter gradients averaged.
+fn reduction_rules(optimizer: &Optimizer) -> Vec<(Tensor, GradRule)> {
+    optimizer
+        .groups()
+        .iter()
+        .enumerate()
+        .flat_map(|(g, group)| {
+            let rule = if g < 2 { GradRule::Sum } else { GradRule::Avg };
+            group.params.iter().map(move |(_, t)| (t.shallow_clone(), rule))
+        })
+        .collect()
+}
+
+fn evaluate(pg: &mut dyn Collectives, config: &Config, state: &TrainState, splits: &Splits, device: Device) -> Result<Vec<(usize, f64)>> {
+    let emb = embed_sharded(pg, &state.model, &splits.test, config.eval.batch_size, config.dtype.kind(), device)?;
     let r = recall_at_k(&emb, &splits.test.labels, &config.eval.ks);
-    config.eval.ks.iter().copied().zip(r).collect()
+    Ok(config.eval.ks.iter().copied().zip(r).collect())
 }
 
 fn format_recall(r: &[(usize, f64)]) -> String {
-    r.iter().map(|(k, v)| format!("R@{k} {:.4}", v)).collect::<Vec<_>>().join("  ")
+    r.iter().map(|(k, v)| format!("R@{k} {v:.4}")).collect::<Vec<_>>().join("  ")
 }
 
-/// Trains per `config`, writing into `run_dir`; prints one line per epoch.
-pub fn train(config: &Config, run_dir: &Path) -> Result<TrainSummary> {
+/// Resolves and checks the configured device.
+pub fn resolve_device(config: &Config) -> Result<Device> {
     let device = parse_device(&config.device).map_err(|m| HistError::config("device", m))?;
     if let Device::Cuda(i) = device {
         if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize {
             return Err(HistError::config("device", format!("{} requested but not available on this machine; use device: cpu", config.device)));
         }
     }
-    let created_run_dir = !run_dir.exists();
-    prepare_run_dir(run_dir, config)?;
+    Ok(device)
+}
+
+/// Trains per `config` as one rank of `pg`. `run_dir` is `Some` on the rank that writes
+/// (rank 0) and `None` elsewhere; only that rank prints and writes files.
+pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>) -> Result<TrainSummary> {
+    let device = resolve_device(config)?;
+    check_shardable(config.data.batch_size, config.data.ipc, pg.world_size())?;
+    let created_run_dir = run_dir.is_some_and(|d| !d.exists());
+    if let Some(dir) = run_dir {
+        prepare_run_dir(dir, config)?;
+    }
     let t_data = Instant::now();
     let splits = match load_data(config) {
         Ok(s) => s,
         Err(e) => {
             // A run that never started leaves nothing behind in a folder it created.
-            if created_run_dir {
-                let _ = std::fs::remove_dir_all(run_dir);
+            if let (Some(dir), true) = (run_dir, created_run_dir) {
+                let _ = std::fs::remove_dir_all(dir);
             }
             return Err(e);
         }
     };
-    let mut logger = RunLogger::create(run_dir)?;
-    println!(
-        "data: {} train images / {} classes, {} test images / {} classes ({:.1} s)",
+    let mut logger = run_dir.map(RunLogger::create).transpose()?;
+    let say = |line: &str| {
+        if run_dir.is_some() {
+            println!("{line}");
+        }
+    };
+    say(&format!(
+        "data: {} train images / {} classes, {} test images / {} classes ({:.1} s); {} rank(s)",
         splits.train.len(),
         splits.train.num_classes(),
         splits.test.len(),
         splits.test.num_classes(),
-        t_data.elapsed().as_secs_f64()
-    );
+        t_data.elapsed().as_secs_f64(),
+        pg.world_size()
+    ));
     let sampler = BalancedSampler::new(&splits.train.labels, config.data.batch_size, config.data.ipc, config.seed)?;
     let state = build_state(config, splits.train.num_classes() as i64, device);
+    let mut all_vars: Vec<(String, Tensor)> = state.vs.variables().into_iter().collect();
+    all_vars.sort_by(|a, b| a.0.cmp(&b.0));
+    broadcast_from_rank0(pg, &all_vars)?;
     let mut optimizer = Optimizer::new(optimizer_kind(config), param_groups(&state.vs, &config.optim));
+    let rules = reduction_rules(&optimizer);
     let kind = config.dtype.kind();
+    let bucket_bytes = (config.dist.bucket_mb * (1 << 20) as f64) as usize;
 
     let mut initial_recall = None;
     if config.train.eval_at_start {
-        let r = evaluate(config, &state, &splits, device);
-        println!("epoch 0/{}  (initialisation)  {}", config.train.epochs, format_recall(&r));
-        logger.epoch(&EpochRecord { epoch: 0, step: 0, losses: None, recall: r.clone() })?;
+        let r = evaluate(pg, config, &state, &splits, device)?;
+        say(&format!("epoch 0/{}  (initialisation)  {}", config.train.epochs, format_recall(&r)));
+        if let Some(l) = logger.as_mut() {
+            l.epoch(&EpochRecord { epoch: 0, step: 0, losses: None, recall: r.clone() })?;
+        }
         initial_recall = Some(r);
     }
 
-    let steps_per_epoch = sampler.steps_per_epoch();
     let base = base_lrs(&config.optim);
     let mut global_step = 0usize;
     let mut final_recall = Vec::new();
-    'epochs: for epoch in 0..config.train.epochs {
+    for epoch in 0..config.train.epochs {
         let t_epoch = Instant::now();
         for (g, &b) in base.iter().enumerate() {
             optimizer.set_lr(g, scheduled_lr(b, &config.optim, epoch));
@@ -149,19 +181,13 @@ pub fn train(config: &Config, run_dir: &Path) -> Result<TrainSummary> {
         let mut sums = [0.0f64; 3];
         let mut steps_this_epoch = 0usize;
         let mut stopped_early = false;
-        for step in 0..steps_per_epoch {
-            let idx = sampler.batch(epoch, step);
-            let flips = if config.data.hflip { sampler.flips(epoch, step, idx.len()) } else { Vec::new() };
-            let images = splits.train.batch(&idx, &flips, kind, device);
-            let labels = splits.train.batch_labels(&idx, device);
-            let terms = state.loss.forward(&state.model.forward(&images, true), &labels);
-            optimizer.zero_grad();
-            terms.total.backward();
-            optimizer.step();
+        for step in 0..sampler.steps_per_epoch() {
+            let global = sampler.batch(epoch, step);
+            let flips = if config.data.hflip { sampler.flips(epoch, step, global.len()) } else { Vec::new() };
+            let batch = StepBatch { global: &global, flips: &flips, set: &splits.train };
+            let values = train_step(pg, &state.model, &state.loss, &mut optimizer, &rules, batch, kind, device, bucket_bytes)?;
             global_step += 1;
             steps_this_epoch += 1;
-
-            let values = [&terms.total, &terms.ds, &terms.ce].map(|t| t.double_value(&[]));
             if !values[0].is_finite() {
                 return Err(HistError::config(
                     "optim.lr",
@@ -171,12 +197,14 @@ pub fn train(config: &Config, run_dir: &Path) -> Result<TrainSummary> {
             for (s, v) in sums.iter_mut().zip(values) {
                 *s += v;
             }
-            if global_step % config.train.log_every == 0 || global_step == 1 {
-                for (tag, v) in ["train/loss", "train/loss_ds", "train/loss_ce"].iter().zip(values) {
-                    logger.scalar(tag, v, global_step)?;
-                }
-                for (g, group) in optimizer.groups().iter().enumerate() {
-                    logger.scalar(&format!("train/lr/{}", GROUP_NAMES[g]), group.lr, global_step)?;
+            if let Some(l) = logger.as_mut() {
+                if global_step % config.train.log_every == 0 || global_step == 1 {
+                    for (tag, v) in ["train/loss", "train/loss_ds", "train/loss_ce"].iter().zip(values) {
+                        l.scalar(tag, v, global_step)?;
+                    }
+                    for (g, group) in optimizer.groups().iter().enumerate() {
+                        l.scalar(&format!("train/lr/{}", GROUP_NAMES[g]), group.lr, global_step)?;
+                    }
                 }
             }
             if config.train.max_steps > 0 && global_step >= config.train.max_steps {
@@ -184,10 +212,9 @@ pub fn train(config: &Config, run_dir: &Path) -> Result<TrainSummary> {
                 break;
             }
         }
-        let n = steps_this_epoch.max(1) as f64;
-        let losses = sums.map(|s| s / n);
-        let r = evaluate(config, &state, &splits, device);
-        println!(
+        let losses = sums.map(|s| s / steps_this_epoch.max(1) as f64);
+        let r = evaluate(pg, config, &state, &splits, device)?;
+        say(&format!(
             "epoch {}/{}  step {}  loss {:.4} (ds {:.4}, ce {:.4})  {}  ({:.1} s)",
             epoch + 1,
             config.train.epochs,
@@ -197,23 +224,28 @@ pub fn train(config: &Config, run_dir: &Path) -> Result<TrainSummary> {
             losses[2],
             format_recall(&r),
             t_epoch.elapsed().as_secs_f64()
-        );
-        logger.epoch(&EpochRecord { epoch: epoch + 1, step: global_step, losses: Some(losses), recall: r.clone() })?;
+        ));
+        if let Some(l) = logger.as_mut() {
+            l.epoch(&EpochRecord { epoch: epoch + 1, step: global_step, losses: Some(losses), recall: r.clone() })?;
+        }
         final_recall = r;
         if stopped_early {
-            println!("stopped at train.max_steps = {}", config.train.max_steps);
-            break 'epochs;
+            say(&format!("stopped at train.max_steps = {}", config.train.max_steps));
+            break;
         }
     }
-    save_final(&state, &run_dir.join("final.safetensors"))?;
-    Ok(TrainSummary { run_dir: run_dir.to_path_buf(), steps: global_step, initial_recall, final_recall })
+    if let Some(dir) = run_dir {
+        save_final(&state, &dir.join("final.safetensors"))?;
+    }
+    pg.barrier()?;
+    Ok(TrainSummary { run_dir: run_dir.map(Path::to_path_buf), steps: global_step, initial_recall, final_recall })
 }
 
 /// Writes every variable (trained or frozen, plus BN running statistics) under its
-/// VarStore name; docs/run-directory.md lists the names.
+/// VarStore name; docs/architecture.md lists the names.
 pub fn save_final(state: &TrainState, path: &Path) -> Result<()> {
     let mut vars: Vec<(String, Tensor)> = state.vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let refs: Vec<(&str, Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t.detach().contiguous())).collect();
+    let refs: Vec<(&str, Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t.detach().to_device(Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&refs, path).map_err(|e| HistError::Io { path: path.to_path_buf(), message: format!("cannot write: {e}") })
 }

@@ -1,0 +1,75 @@
+//! Joining the job: the rendezvous (hosted here when started by srun), the join barrier,
+//! and the backend that fits the device — CPU ring for CPU ranks, NCCL for CUDA ranks.
+use std::net::UdpSocket;
+
+use hist_rendezvous::{Client, Server, ServerHandle, ServerOptions};
+use tch::Device;
+
+use super::cpu_ring::CpuRing;
+use super::env::DistEnv;
+use super::nccl::Nccl;
+use super::{Collectives, Solo};
+use crate::error::{HistError, Result};
+
+/// Seconds an unauthenticated connection may take to say hello before it is dropped.
+const HANDSHAKE_TIMEOUT_S: u64 = 10;
+
+/// This rank's membership of the job and its collectives backend.
+pub struct ProcessGroup {
+    /// Where this rank sits.
+    pub env: DistEnv,
+    collectives: Box<dyn Collectives>,
+    // Kept alive for the job's lifetime: the store serves barriers, the server (rank 0
+    // under srun) serves everyone.
+    _store: Option<Client>,
+    _server: Option<ServerHandle>,
+}
+
+impl ProcessGroup {
+    /// Joins the job described by `env` with tensors on `device`. A world of one needs no
+    /// network at all.
+    pub fn init(env: DistEnv, device: Device) -> Result<ProcessGroup> {
+        if env.world_size == 1 {
+            return Ok(ProcessGroup { env, collectives: Box::new(Solo), _store: None, _server: None });
+        }
+        let server = if env.hosts_rendezvous {
+            let opts = ServerOptions {
+                world_size: env.world_size,
+                secret: env.secret.clone(),
+                handshake_timeout: std::time::Duration::from_secs(HANDSHAKE_TIMEOUT_S),
+            };
+            let bind = format!("0.0.0.0:{}", env.master_port);
+            Some(Server::bind(&bind, opts).map_err(|e| HistError::Dist(e.to_string()))?.start())
+        } else {
+            None
+        };
+        let addr = format!("{}:{}", env.master_addr, env.master_port);
+        let mut store = Client::connect(&addr, &env.secret, env.rank, env.world_size, env.join_timeout)
+            .map_err(|e| HistError::Dist(format!("rank {} cannot join the rendezvous at {addr}: {e}", env.rank)))?;
+        store.barrier("join", env.join_timeout).map_err(|e| HistError::Dist(e.to_string()))?;
+        let collectives: Box<dyn Collectives> = match device {
+            Device::Cpu => {
+                let host = local_ip_towards(&env.master_addr, env.master_port);
+                Box::new(CpuRing::connect(&mut store, &host, env.join_timeout)?)
+            }
+            Device::Cuda(index) => Box::new(Nccl::new(&mut store, index)?),
+            other => return Err(HistError::Dist(format!("no collectives backend for device {other:?}"))),
+        };
+        Ok(ProcessGroup { env, collectives, _store: Some(store), _server: server })
+    }
+
+    /// The collectives of this job.
+    pub fn collectives(&mut self) -> &mut dyn Collectives {
+        self.collectives.as_mut()
+    }
+}
+
+/// The address of the interface this host uses to reach the rendezvous host — the one peers
+/// can reach us on. A UDP "connect" only consults the routing table; nothing is sent.
+fn local_ip_towards(host: &str, port: u16) -> String {
+    let probe = UdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect((host, port)).and_then(|_| s.local_addr()));
+    match probe {
+        Ok(addr) => addr.ip().to_string(),
+        Err(_) => "127.0.0.1".to_string(),
+    }
+}

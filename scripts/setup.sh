@@ -24,17 +24,24 @@ py_requirements=(
   "safetensors"
   "tensorboard"
   "pyyaml"
+  "pytorch-metric-learning"
+  "scikit-learn"
+  "faiss-cpu"
 )
 requirements_key="$(printf '%s\n' "${py_requirements[@]}" | sha256sum | cut -c1-16)"
 
 if [[ -f "$marker" && "$(cat "$marker")" == "$requirements_key" ]]; then
   echo "setup: reusing $venv"
 else
-  echo "setup: installing torch ${TORCH_VERSION} into $venv (about 4.7 GB, a few minutes, once)"
   mkdir -p "$cache_root"
-  rm -rf "$venv"
-  "$python_bin" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  if [[ ! -x "$venv/bin/python" ]]; then
+    echo "setup: installing torch ${TORCH_VERSION} into $venv (about 4.7 GB, a few minutes, once)"
+    "$python_bin" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+  else
+    # The requirement list changed: pip adds what is missing and keeps torch as it is.
+    echo "setup: updating the Python packages in $venv"
+  fi
   "$venv/bin/python" -m pip install --quiet "${py_requirements[@]}"
   echo "$requirements_key" > "$marker"
 fi

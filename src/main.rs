@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use hist::config::{load_config, load_config_str, Config, ConfigSource};
+use hist::dist::env::DistEnv;
+use hist::dist::process_group::ProcessGroup;
 use hist::telemetry::run_dir::choose_run_dir;
 
 /// The embedded default config (configs/demo.yaml).
@@ -51,6 +53,34 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Check the NCCL backend on this machine's GPUs (scripts/gpu_check.sh).
+    #[command(hide = true)]
+    NcclCheck,
+    /// Time the CPU ring's all_reduce and all_gather as one rank (scripts/bench_collectives.py).
+    #[command(hide = true)]
+    BenchCollectives {
+        #[arg(long)]
+        rank: usize,
+        #[arg(long)]
+        world: usize,
+        /// Rendezvous host:port; rank 0 serves it.
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value = "bench")]
+        secret: String,
+        #[arg(long, default_value_t = 25_557_032)]
+        numel: i64,
+        #[arg(long, num_args = 2, default_values_t = [180, 512])]
+        gather_shape: Vec<i64>,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        #[arg(long, default_value_t = 100)]
+        gather_reps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 0)]
+        chunk_bytes: usize,
+    },
     /// Time forward+backward of the HIST loss on random inputs (scripts/bench_loss.py).
     #[command(hide = true)]
     BenchLoss {
@@ -86,18 +116,37 @@ fn resolve_config(path: Option<&PathBuf>, overrides: &[String]) -> hist::Result<
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Train { config, run_dir, overrides } => {
-            let config = resolve_config(config.as_ref(), &overrides)?;
-            let dir = choose_run_dir(run_dir.as_deref(), &config.name)?;
-            println!("run directory: {}", dir.display());
-            let mut solo = hist::dist::Solo;
-            let summary = hist::train::train(&config, &mut solo, Some(&dir))?;
-            println!("done: {} steps; final parameters in {}", summary.steps, dir.join("final.safetensors").display());
+            let mut config = resolve_config(config.as_ref(), &overrides)?;
+            let env = DistEnv::from_process_env()?;
+            if config.device == "cuda" {
+                // One GPU per local rank unless the config names one.
+                config.device = format!("cuda:{}", env.local_rank);
+            }
+            let device = hist::train::trainer::resolve_device(&config)?;
+            // Only rank 0 picks (and later writes) the run directory.
+            let dir = if env.rank == 0 { Some(choose_run_dir(run_dir.as_deref(), &config.name)?) } else { None };
+            if let Some(d) = &dir {
+                println!("run directory: {}", d.display());
+            }
+            let mut pg = ProcessGroup::init(env, device)?;
+            let summary = hist::train::train(&config, pg.collectives(), dir.as_deref())?;
+            if let Some(d) = &dir {
+                println!("done: {} steps; final parameters in {}", summary.steps, d.join("final.safetensors").display());
+            }
         }
         Command::ShowConfig { config, overrides } => {
             let config = resolve_config(config.as_ref(), &overrides)?;
             print!("{}", serde_yaml_ng::to_string(&config).context("serialising the config")?);
         }
         Command::InspectLoss { input, output } => hist::tools::inspect_loss::run(&input, &output)?,
+        Command::NcclCheck => hist::tools::nccl_check::run()?,
+        Command::BenchCollectives { rank, world, addr, secret, numel, gather_shape, reps, gather_reps, warmup, chunk_bytes } => {
+            let gather_shape = [gather_shape[0], gather_shape[1]];
+            let args = hist::tools::bench_collectives::BenchArgs {
+                rank, world, addr, secret, numel, gather_shape, reps, gather_reps, warmup, chunk_bytes,
+            };
+            hist::tools::bench_collectives::run(&args)?
+        }
         Command::BenchLoss { n, c, d, hidden, reps, warmup, threads, ipc, seed } => {
             let args = hist::tools::bench_loss::BenchArgs { n, c, d, hidden, reps, warmup, threads, ipc, seed };
             hist::tools::bench_loss::run(&args)?

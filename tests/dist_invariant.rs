@@ -73,6 +73,7 @@ fn check(extra: &[&str], tolerance: f64) {
     for w in [2, 4] {
         let (many, mw) = run(w, extra, &tmp.path().join(format!("w{w}")));
         let (diff, name) = max_abs_diff(&one, &many);
+        eprintln!("--nproc {w}: max abs difference {diff:e} at {name}");
         assert!(diff <= tolerance, "--nproc {w}: max abs difference {diff:e} at {name} (tolerance {tolerance:e})");
         assert_eq!(recalls(&m1), recalls(&mw), "--nproc {w}: evaluation differs");
     }
@@ -94,7 +95,12 @@ fn adam_f64_ranks_match_one_rank() {
     check(&["dtype=f64", "optim.name=adam"], 1e-9);
 }
 
+/// In f32 the per-rank and whole-batch kernels round differently: after one step the
+/// ranks differ by ~3e-8 (one ulp). The loss has a high gain (τ = 32), so plain SGD at the
+/// authors' *Adam* prototype rate (lr_ds 0.1) amplifies that ~4× per step (1.6e-5 after 5,
+/// measured). SGD-appropriate rates keep 5 steps at ~1.4e-6 (measured), well inside 1e-5,
+/// while a real error (a missing sum or average) shows up at lr × grad ≈ 1e-4 or more.
 #[test]
 fn sgd_f32_ranks_match_one_rank() {
-    check(&["dtype=f32", "optim.name=sgd", "optim.lr=0.01"], 1e-5);
+    check(&["dtype=f32", "optim.name=sgd", "optim.lr=0.001", "optim.lr_ds=0.01"], 1e-5);
 }

@@ -1,95 +1,80 @@
-//! `hist-launch`: starts `hist train` workers with a torchrun-style environment and
-//! reports how they ended. This version runs one worker (CPU rank or one GPU); the
-//! multi-rank rendezvous arrives with the distributed backend.
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+//! `hist-launch`: starts this node's `hist train` workers (CPU ranks or one per GPU) with a
+//! torchrun-style environment, hosts the job's rendezvous on node 0, multiplexes the
+//! workers' output and stops the whole job when one rank fails or a stop signal arrives.
+//! The launcher knows nothing about tensors; docs/launcher.md is the user's reference.
+use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use clap::Parser;
+use anyhow::{Context, Result};
 
-/// Launch hist training workers.
-#[derive(Parser, Debug)]
-#[command(name = "hist-launch", version, about)]
-struct Args {
-    /// Number of CPU worker processes.
-    #[arg(long, default_value_t = 1)]
-    nproc: usize,
-    /// Run directory passed to the worker (default: runs/<name>).
-    #[arg(long)]
-    run_dir: Option<PathBuf>,
-    /// Path of the `hist` worker binary (default: next to this executable).
-    #[arg(long, env = "HIST_WORKER")]
-    worker: Option<PathBuf>,
-    /// Config file (default: the worker's embedded configs/demo.yaml).
-    config: Option<PathBuf>,
-    /// Override a config key, e.g. --set train.epochs=3 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-}
+mod args;
+mod env;
+mod gpus;
+mod host;
+mod output;
+mod plan;
+mod process;
+mod signals;
+mod slurm;
+mod supervise;
+mod worker;
 
-fn worker_path(explicit: Option<&Path>) -> Result<PathBuf> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()
-            .context("cannot locate hist-launch's own executable")?
-            .with_file_name("hist"),
-    };
-    if !path.is_file() {
-        bail!(
-            "worker binary {} not found; build it with `cargo build -p hist` or pass --worker PATH",
-            path.display()
-        );
-    }
-    Ok(path)
-}
+use args::{Args, Parsed};
+use env::Contract;
+use gpus::GpuCount;
+use output::say;
+use plan::{Inputs, Plan};
+use signals::StopSignals;
 
-fn launch(args: &Args) -> Result<i32> {
-    if args.nproc != 1 {
-        bail!("--nproc {} needs the multi-rank backend, which this version does not have yet; use --nproc 1", args.nproc);
-    }
-    if let Some(config) = &args.config {
-        if !config.is_file() {
-            bail!("config {} not found", config.display());
-        }
-    }
-    let worker = worker_path(args.worker.as_deref())?;
-    let mut cmd = Command::new(&worker);
-    cmd.arg("train");
-    if let Some(config) = &args.config {
-        cmd.arg("--config").arg(config);
-    }
-    if let Some(dir) = &args.run_dir {
-        cmd.arg("--run-dir").arg(dir);
-    }
-    for o in &args.overrides {
-        cmd.arg("--set").arg(o);
-    }
-    cmd.env("RANK", "0")
-        .env("LOCAL_RANK", "0")
-        .env("WORLD_SIZE", "1")
-        .env("LOCAL_WORLD_SIZE", "1")
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", "0");
-    let status = cmd.status().with_context(|| format!("cannot start worker {}", worker.display()))?;
-    if let Some(code) = status.code() {
-        if code != 0 {
-            eprintln!("hist-launch: rank 0 exited with status {code}");
-        }
-        return Ok(code);
-    }
-    use std::os::unix::process::ExitStatusExt;
-    let signal = status.signal().unwrap_or(0);
-    eprintln!("hist-launch: rank 0 was killed by signal {signal}");
-    Ok(128 + signal)
-}
+/// Exit status for the launcher's own errors (bad options, port in use, missing files),
+/// distinct from a worker's status only by the one-line `hist-launch: error:` message.
+const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match args::parse() {
+        Parsed::Run(args) => args,
+        Parsed::Done(status) => return ExitCode::from(status),
+        Parsed::Invalid(msg) => return fail(&msg),
+    };
     match launch(&args) {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        Err(err) => {
-            eprintln!("hist-launch: error: {err:#}");
-            ExitCode::from(2)
-        }
+        // A status outside 0..=255 cannot come from a real process; report it as failure.
+        Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
+        Err(err) => fail(&format!("{err:#}")),
     }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    say(&format!("error: {msg}"));
+    ExitCode::from(USAGE_ERROR)
+}
+
+/// Validates everything, then runs the job; returns the launcher's exit status.
+fn launch(args: &Args) -> Result<i32> {
+    let env = |key: &str| std::env::var(key).ok();
+    let plan =
+        plan::resolve(args, &Inputs { env: &env, gpus: &GpuCount::probe, new_secret: &hist_rendezvous::new_secret })?;
+    // One thread: workers must be forked from a thread that lives as long as the launcher
+    // (PR_SET_PDEATHSIG follows the forking thread), and supervision is all waiting.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the launcher's event loop")?;
+    runtime.block_on(run(plan))
+}
+
+async fn run(plan: Plan) -> Result<i32> {
+    let signals = StopSignals::install()?;
+    let (server, master_port) = host::host_rendezvous(&plan)?;
+    let contract = Contract {
+        world_size: plan.world_size(),
+        local_world_size: plan.per_node,
+        node_rank: plan.node_rank,
+        master_addr: plan.master_addr.clone(),
+        master_port,
+        secret: plan.secret.clone(),
+        join_timeout: plan.join_timeout,
+    };
+    let status = supervise::supervise(&plan.worker, &contract, signals).await?;
+    // Serve until every local worker is gone: ranks on other nodes may still need it.
+    drop(server);
+    Ok(status)
 }

@@ -6,5 +6,6 @@ pub mod env;
 pub mod gather;
 pub mod grad_sync;
 pub mod nccl;
+pub mod process_group;
 
 pub use collectives::{Collectives, ReduceOp, Solo};

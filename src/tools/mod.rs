@@ -1,3 +1,5 @@
 //! Worker sub-commands that are tools rather than training.
+pub mod bench_collectives;
 pub mod bench_loss;
 pub mod inspect_loss;
+pub mod nccl_check;

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# GPU checks for a hist binary built elsewhere (the build machine has no GPU).
+#
+# Usage: scripts/gpu_check.sh [path/to/hist]     (default: target/release/hist, then debug)
+#
+# From the build machine, ship a stripped binary (the debug one is ~150 MB with debuginfo,
+# ~4 MB stripped): `strip -o target/gpu/hist target/debug/hist`, then run
+# `scripts/gpu_check.sh target/gpu/hist` on the GPU machine with target/gpu carried along.
+#
+# The binary's runpath points at the build machine's torch; here libtorch comes from this
+# machine's python3 torch 2.11 (CUDA 13 wheel), so LD_LIBRARY_PATH is set to its lib folder
+# and HIST_NCCL_LIBRARY to the NCCL wheel next to it (the same file libtorch_cuda loads).
+#
+# What it checks:
+#  1. `hist nccl-check`: CUDA visible to tch, libnccl loads, one NCCL rank per GPU (world 1 on
+#     a one-GPU machine) running all_reduce (sum, avg) / all_gather / broadcast on 8 dtypes
+#     against CPU answers, the ordering of NCCL on the legacy default stream with libtorch's
+#     kernels (the design's stream assumption), misuse errors and a barrier.
+#  2. Training on the GPU — the lead adds it (marked below).
+# Environment: PYTHON (default python3), NCCL_DEBUG (e.g. INFO, passed through).
+set -euo pipefail
+
+HIST_BIN=${1:-}
+if [[ -n "$HIST_BIN" ]]; then HIST_BIN=$(realpath "$HIST_BIN"); fi
+cd "$(dirname "$0")/.."
+if [[ -z "$HIST_BIN" ]]; then
+    for candidate in target/release/hist target/debug/hist; do
+        if [[ -x "$candidate" ]]; then HIST_BIN=$candidate; break; fi
+    done
+fi
+if [[ -z "$HIST_BIN" || ! -x "$HIST_BIN" ]]; then
+    echo "gpu_check: no hist binary (pass its path as the first argument)" >&2
+    exit 2
+fi
+PYTHON=${PYTHON:-python3}
+
+echo "== machine"
+echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  host: $(hostname)"
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader || true
+else
+    echo "nvidia-smi: not found"
+fi
+echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-<unset>}"
+
+echo "== python torch (provides libtorch, libcudart and libnccl)"
+TORCH_DIR=$("$PYTHON" -c 'import torch,os;print(os.path.dirname(torch.__file__))')
+"$PYTHON" - <<'EOF'
+import torch
+nccl = ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else "n/a"
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"cuda available {torch.cuda.is_available()}, devices {torch.cuda.device_count()}, NCCL {nccl}")
+if not torch.__version__.startswith("2.11."):
+    print("WARNING: hist was built against libtorch 2.11.0; this torch may not be ABI-compatible")
+EOF
+SITE_PACKAGES=$(dirname "$TORCH_DIR")
+export LD_LIBRARY_PATH="$TORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export HIST_NCCL_LIBRARY=${HIST_NCCL_LIBRARY:-$SITE_PACKAGES/nvidia/nccl/lib/libnccl.so.2}
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+echo "HIST_NCCL_LIBRARY=$HIST_NCCL_LIBRARY"
+if [[ ! -f "$HIST_NCCL_LIBRARY" ]]; then
+    echo "WARNING: $HIST_NCCL_LIBRARY does not exist; nccl-check will say what it tried"
+fi
+
+echo "== binary"
+echo "hist: $HIST_BIN ($("$HIST_BIN" --version))"
+missing=$(ldd "$HIST_BIN" | grep 'not found' || true)
+if [[ -n "$missing" ]]; then
+    echo "FAIL unresolved libraries:"
+    echo "$missing"
+    exit 1
+fi
+ldd "$HIST_BIN" | grep -E 'libtorch_cuda|libcudart|libnccl' || true
+
+failures=0
+run_step() { # name, command...
+    local name=$1
+    shift
+    local start=$SECONDS status=0
+    "$@" || status=$?
+    if [[ $status -eq 0 ]]; then
+        echo "STEP PASS $name ($((SECONDS - start)) s)"
+    else
+        echo "STEP FAIL $name (exit $status after $((SECONDS - start)) s)"
+        failures=$((failures + 1))
+    fi
+}
+
+echo "== 1. hist nccl-check"
+run_step nccl-check timeout 300 "$HIST_BIN" nccl-check
+
+# == 2. training on the GPU =====================================================================
+# The lead adds the training check here (e.g. `run_step train-gpu ...`), reusing
+# HIST_BIN, LD_LIBRARY_PATH and HIST_NCCL_LIBRARY from above.
+# ================================================================================================
+
+echo "== summary"
+if [[ $failures -eq 0 ]]; then
+    echo "gpu_check: all steps passed"
+else
+    echo "gpu_check: $failures step(s) failed"
+    exit 1
+fi

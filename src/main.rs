@@ -128,7 +128,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             if let Some(d) = &dir {
                 println!("run directory: {}", d.display());
             }
-            let mut pg = ProcessGroup::init(env, device)?;
+            let mut pg = ProcessGroup::init(env, device, config.dist.backend)?;
             let summary = hist::train::train(&config, pg.collectives(), dir.as_deref())?;
             if let Some(d) = &dir {
                 println!("done: {} steps; final parameters in {}", summary.steps, d.join("final.safetensors").display());

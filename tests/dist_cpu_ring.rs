@@ -113,8 +113,10 @@ fn all_gather_concatenates_in_rank_order() {
             make(rank).iter().map(|t| ring.all_gather(t).expect("all_gather")).collect::<Vec<_>>()
         });
         for i in 0..4 {
-            let parts: Vec<Tensor> =
-                (0..world).map(|r| make(r).swap_remove(i)).map(|t| if t.dim() == 0 { t.reshape([1]) } else { t }).collect();
+            let parts: Vec<Tensor> = (0..world)
+                .map(|r| make(r).swap_remove(i))
+                .map(|t| if t.dim() == 0 { t.reshape([1]) } else { t })
+                .collect();
             let want = Tensor::cat(&parts, 0);
             for (rank, got) in results.iter().enumerate() {
                 assert_eq!(got[i].size(), want.size(), "W={world} tensor {i} rank {rank}: shape");
@@ -134,7 +136,9 @@ fn broadcast_from_every_root() {
                 let mut small = Tensor::full([10, 100], rank as f64 + 0.25, (Kind::Float, tch::Device::Cpu));
                 ring.broadcast(&mut small, root).expect("broadcast");
                 // Larger than a chunk, so forwarding along the chain is pipelined.
-                let mut big = (Tensor::arange(2_000_003, (Kind::Int64, tch::Device::Cpu)) * (rank as i64 + 1)).remainder(256).to_kind(Kind::Uint8);
+                let mut big = (Tensor::arange(2_000_003, (Kind::Int64, tch::Device::Cpu)) * (rank as i64 + 1))
+                    .remainder(256)
+                    .to_kind(Kind::Uint8);
                 ring.broadcast(&mut big, root).expect("broadcast");
                 out.push((small, big));
             }
@@ -143,7 +147,9 @@ fn broadcast_from_every_root() {
         });
         for root in 0..world {
             let want_small = Tensor::full([10, 100], root as f64 + 0.25, (Kind::Float, tch::Device::Cpu));
-            let want_big = (Tensor::arange(2_000_003, (Kind::Int64, tch::Device::Cpu)) * (root as i64 + 1)).remainder(256).to_kind(Kind::Uint8);
+            let want_big = (Tensor::arange(2_000_003, (Kind::Int64, tch::Device::Cpu)) * (root as i64 + 1))
+                .remainder(256)
+                .to_kind(Kind::Uint8);
             for (rank, per_rank) in results.iter().enumerate() {
                 assert!(per_rank[root].0.equal(&want_small), "W={world} root {root}: rank {rank} small");
                 assert!(per_rank[root].1.equal(&want_big), "W={world} root {root}: rank {rank} big");

@@ -381,6 +381,9 @@ pub struct TrainConfig {
     /// Log training scalars every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// Print the step's losses to the terminal every this many steps (0 = only per epoch).
+    #[serde(default)]
+    pub print_every: usize,
     /// Evaluate before the first step too (the "initialisation" Recall@K).
     #[serde(default = "default_true")]
     pub eval_at_start: bool,
@@ -425,6 +428,23 @@ pub struct DistConfig {
     /// Size of the flat gradient buckets reduced in one collective, in MiB.
     #[serde(default = "default_bucket_mb")]
     pub bucket_mb: f64,
+    /// Collectives backend: `auto` (none for one rank, else cpu or nccl by device),
+    /// `cpu`, or `nccl` (also with one rank, to exercise NCCL on a single GPU).
+    #[serde(default)]
+    pub backend: DistBackend,
+}
+
+/// Which collectives backend a job uses.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBackend {
+    /// No backend for one rank; the CPU ring for CPU ranks; NCCL for CUDA ranks.
+    #[default]
+    Auto,
+    /// The TCP ring (CPU tensors).
+    Cpu,
+    /// NCCL (CUDA tensors).
+    Nccl,
 }
 
 fn default_bucket_mb() -> f64 {
@@ -433,6 +453,6 @@ fn default_bucket_mb() -> f64 {
 
 impl Default for DistConfig {
     fn default() -> Self {
-        DistConfig { bucket_mb: default_bucket_mb() }
+        DistConfig { bucket_mb: default_bucket_mb(), backend: DistBackend::default() }
     }
 }

@@ -15,6 +15,7 @@
 //! Failure: any error shuts this rank's sockets, so its neighbours fail at once and the
 //! failure travels round the ring; no rank hangs on a dead peer. A failed ring stays
 //! broken: every later call returns an error (a ring cannot resynchronise).
+mod buffer;
 mod engine;
 mod plans;
 mod setup;
@@ -24,7 +25,8 @@ use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
-use self::engine::{Collective, Plan, RawBuf, Reducer};
+use self::buffer::{RawBuf, Reducer};
+use self::engine::{Collective, Plan};
 pub use self::plans::all_reduce_segment;
 use self::setup::Links;
 pub use self::setup::RingStore;
@@ -62,7 +64,8 @@ impl CpuRing {
             return Err(HistError::Dist(format!("CPU ring: rank {rank} is outside world size {world}")));
         }
         let links = if world == 1 { None } else { Some(setup::connect_links(store, bind_host, timeout)?) };
-        let mut ring = CpuRing { rank, world, links, seq: 0, broken: None, chunk_bytes: DEFAULT_CHUNK_BYTES, op_timeout: None };
+        let mut ring =
+            CpuRing { rank, world, links, seq: 0, broken: None, chunk_bytes: DEFAULT_CHUNK_BYTES, op_timeout: None };
         ring.set_op_timeout(Some(DEFAULT_OP_TIMEOUT))?;
         Ok(ring)
     }
@@ -100,7 +103,14 @@ impl CpuRing {
     }
 
     /// Runs `plan` on `buf`, or breaks the ring with the error.
-    fn run(&mut self, ctx: OpContext, header: Header, buf: RawBuf, plan: &Plan, reducer: Option<Reducer>) -> Result<()> {
+    fn run(
+        &mut self,
+        ctx: OpContext,
+        header: Header,
+        buf: RawBuf,
+        plan: &Plan,
+        reducer: Option<Reducer>,
+    ) -> Result<()> {
         let Some(links) = &self.links else { return Ok(()) };
         let collective = Collective { next: &links.next, prev: &links.prev, ctx, header, dtype_name };
         let result = collective.run(buf, plan, reducer);
@@ -212,7 +222,9 @@ impl Collectives for CpuRing {
             let reducer = match kind {
                 Kind::Float => Reducer::F32 { divisor: w as f32 },
                 Kind::Double => Reducer::F64 { divisor: w as f64 },
-                other => return Err(HistError::Dist(format!("all_reduce supports f32 and f64 tensors, not {other:?}"))),
+                other => {
+                    return Err(HistError::Dist(format!("all_reduce supports f32 and f64 tensors, not {other:?}")))
+                }
             };
             Ok((kind, buf, reducer))
         });

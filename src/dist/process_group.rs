@@ -9,6 +9,7 @@ use super::cpu_ring::CpuRing;
 use super::env::DistEnv;
 use super::nccl::Nccl;
 use super::{Collectives, Solo};
+use crate::config::DistBackend;
 use crate::error::{HistError, Result};
 
 /// Seconds an unauthenticated connection may take to say hello before it is dropped.
@@ -28,18 +29,29 @@ pub struct ProcessGroup {
 impl ProcessGroup {
     /// Joins the job described by `env` with tensors on `device`. A world of one needs no
     /// network at all.
-    pub fn init(env: DistEnv, device: Device) -> Result<ProcessGroup> {
-        if env.world_size == 1 {
+    pub fn init(env: DistEnv, device: Device, backend: DistBackend) -> Result<ProcessGroup> {
+        if env.world_size == 1 && backend == DistBackend::Auto {
             return Ok(ProcessGroup { env, collectives: Box::new(Solo), _store: None, _server: None });
         }
-        let server = if env.hosts_rendezvous {
+        let mut env = env;
+        // A one-rank job with an explicit backend and no launcher hosts a private rendezvous.
+        let private = env.master_port == 0;
+        if private && env.secret.is_empty() {
+            env.secret = hist_rendezvous::new_secret();
+        }
+        let server = if env.hosts_rendezvous || private {
             let opts = ServerOptions {
                 world_size: env.world_size,
                 secret: env.secret.clone(),
                 handshake_timeout: std::time::Duration::from_secs(HANDSHAKE_TIMEOUT_S),
             };
-            let bind = format!("0.0.0.0:{}", env.master_port);
-            Some(Server::bind(&bind, opts).map_err(|e| HistError::Dist(e.to_string()))?.start())
+            let bind = if private { "127.0.0.1:0".to_string() } else { format!("0.0.0.0:{}", env.master_port) };
+            let handle = Server::bind(&bind, opts).map_err(|e| HistError::Dist(e.to_string()))?.start();
+            if private {
+                env.master_addr = "127.0.0.1".into();
+                env.master_port = handle.local_addr().port();
+            }
+            Some(handle)
         } else {
             None
         };
@@ -47,13 +59,17 @@ impl ProcessGroup {
         let mut store = Client::connect(&addr, &env.secret, env.rank, env.world_size, env.join_timeout)
             .map_err(|e| HistError::Dist(format!("rank {} cannot join the rendezvous at {addr}: {e}", env.rank)))?;
         store.barrier("join", env.join_timeout).map_err(|e| HistError::Dist(e.to_string()))?;
-        let collectives: Box<dyn Collectives> = match device {
-            Device::Cpu => {
+        let collectives: Box<dyn Collectives> = match (backend, device) {
+            (DistBackend::Auto | DistBackend::Cpu, Device::Cpu) => {
                 let host = local_ip_towards(&env.master_addr, env.master_port);
                 Box::new(CpuRing::connect(&mut store, &host, env.join_timeout)?)
             }
-            Device::Cuda(index) => Box::new(Nccl::new(&mut store, index)?),
-            other => return Err(HistError::Dist(format!("no collectives backend for device {other:?}"))),
+            (DistBackend::Auto | DistBackend::Nccl, Device::Cuda(index)) => Box::new(Nccl::new(&mut store, index)?),
+            (b, d) => {
+                return Err(HistError::Dist(format!(
+                    "dist.backend {} cannot work on device {d:?}; use cpu for CPU ranks and nccl for CUDA ranks (or auto)", format!("{b:?}").to_lowercase()
+                )))
+            }
         };
         Ok(ProcessGroup { env, collectives, _store: Some(store), _server: server })
     }

@@ -53,7 +53,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         None
     };
     let host = args.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
-    let mut client = Client::connect(&args.addr, &args.secret, args.rank, args.world, SETUP_TIMEOUT).map_err(dist_err)?;
+    let mut client =
+        Client::connect(&args.addr, &args.secret, args.rank, args.world, SETUP_TIMEOUT).map_err(dist_err)?;
     let mut ring = CpuRing::connect(&mut client, host, SETUP_TIMEOUT)?;
     ring.set_chunk_bytes(if args.chunk_bytes == 0 { DEFAULT_CHUNK_BYTES } else { args.chunk_bytes });
     let w = args.world as f64;

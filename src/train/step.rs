@@ -1,5 +1,7 @@
 //! One optimiser step of one rank: local forward, all-gather to the global batch, HIST
 //! loss on the global batch, backward, gradient reduction, update (design §3).
+use std::time::Instant;
+
 use tch::{Device, Kind, Tensor};
 
 use super::optim::Optimizer;
@@ -40,7 +42,16 @@ pub struct StepBatch<'a> {
     pub set: &'a ImageSet,
 }
 
-/// Runs one step and returns (total, ds, ce) of the global batch's loss.
+/// What one step reports.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// (total, ds, ce) of the global batch's loss.
+    pub losses: [f64; 3],
+    /// Seconds spent in collectives (including waiting for slower ranks).
+    pub comm_seconds: f64,
+}
+
+/// Runs one step.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     pg: &mut dyn Collectives,
@@ -52,19 +63,24 @@ pub fn train_step(
     kind: Kind,
     device: Device,
     bucket_bytes: usize,
-) -> Result<[f64; 3]> {
+) -> Result<StepStats> {
     let (rank, world) = (pg.rank(), pg.world_size());
     let local_idx = local_slice(batch.global, rank, world);
     let local_flips = if batch.flips.is_empty() { Vec::new() } else { local_slice(batch.flips, rank, world) };
     let images = batch.set.batch(&local_idx, &local_flips, kind, device);
     let local_emb = model.forward(&images, true);
+    let t_gather = Instant::now();
     let global_emb = gather_with_grad(pg, &local_emb)?;
+    let mut comm_seconds = t_gather.elapsed().as_secs_f64();
     // Labels need no collective: every rank knows the whole plan.
     let labels = batch.set.batch_labels(batch.global, device);
     let terms = loss.forward(&global_emb, &labels);
     optimizer.zero_grad();
     terms.total.backward();
+    let t_reduce = Instant::now();
     reduce_gradients(pg, reduce_params, bucket_bytes)?;
+    comm_seconds += t_reduce.elapsed().as_secs_f64();
     optimizer.step();
-    Ok([&terms.total, &terms.ds, &terms.ce].map(|t| t.double_value(&[])))
+    let losses = [&terms.total, &terms.ds, &terms.ce].map(|t| t.double_value(&[]));
+    Ok(StepStats { losses, comm_seconds })
 }

@@ -181,11 +181,14 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>) 
         let mut sums = [0.0f64; 3];
         let mut steps_this_epoch = 0usize;
         let mut stopped_early = false;
+        let mut comm_seconds = 0.0f64;
         for step in 0..sampler.steps_per_epoch() {
             let global = sampler.batch(epoch, step);
             let flips = if config.data.hflip { sampler.flips(epoch, step, global.len()) } else { Vec::new() };
             let batch = StepBatch { global: &global, flips: &flips, set: &splits.train };
-            let values = train_step(pg, &state.model, &state.loss, &mut optimizer, &rules, batch, kind, device, bucket_bytes)?;
+            let stats = train_step(pg, &state.model, &state.loss, &mut optimizer, &rules, batch, kind, device, bucket_bytes)?;
+            let values = stats.losses;
+            comm_seconds += stats.comm_seconds;
             global_step += 1;
             steps_this_epoch += 1;
             if !values[0].is_finite() {
@@ -207,15 +210,24 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>) 
                     }
                 }
             }
+            if config.train.print_every > 0 && global_step % config.train.print_every == 0 {
+                say(&format!("step {global_step}  loss {:.6} (ds {:.6}, ce {:.6})", values[0], values[1], values[2]));
+            }
             if config.train.max_steps > 0 && global_step >= config.train.max_steps {
                 stopped_early = true;
                 break;
             }
         }
         let losses = sums.map(|s| s / steps_this_epoch.max(1) as f64);
+        let train_seconds = t_epoch.elapsed().as_secs_f64();
+        let throughput = format!(
+            "{:.0} img/s, comm {:.0}%",
+            (steps_this_epoch * config.data.batch_size) as f64 / train_seconds.max(1e-9),
+            100.0 * comm_seconds / train_seconds.max(1e-9)
+        );
         let r = evaluate(pg, config, &state, &splits, device)?;
         say(&format!(
-            "epoch {}/{}  step {}  loss {:.4} (ds {:.4}, ce {:.4})  {}  ({:.1} s)",
+            "epoch {}/{}  step {}  loss {:.4} (ds {:.4}, ce {:.4})  {}  ({:.1} s; {throughput})",
             epoch + 1,
             config.train.epochs,
             global_step,

@@ -131,7 +131,10 @@ pub(super) fn connect_links<S: RingStore + ?Sized>(store: &mut S, bind_host: &st
     }
     let left = remaining(deadline, &|| "before the CPU ring's ready barrier".to_string())?;
     store.barrier("cpu_ring/ready", left)?;
-    Ok(Links { next: Link { stream: next_stream, peer: next_peer }, prev: Link { stream: prev_stream, peer: prev_peer } })
+    Ok(Links {
+        next: Link { stream: next_stream, peer: next_peer },
+        prev: Link { stream: prev_stream, peer: prev_peer },
+    })
 }
 
 /// Reads a rank's "host:port token" entry from the store.
@@ -139,16 +142,14 @@ fn lookup<S: RingStore + ?Sized>(store: &mut S, rank: usize, deadline: Instant) 
     let left = remaining(deadline, &|| format!("before reading rank {rank}'s CPU ring address"))?;
     let raw = store.get(&addr_key(rank), left)?;
     let text = String::from_utf8_lossy(&raw);
-    let parsed = text.split_once(' ').and_then(|(addr, tok)| Some((addr.to_string(), u64::from_str_radix(tok, 16).ok()?)));
+    let parsed =
+        text.split_once(' ').and_then(|(addr, tok)| Some((addr.to_string(), u64::from_str_radix(tok, 16).ok()?)));
     parsed.ok_or_else(|| dist(format!("store key {} holds {text:?}, not \"host:port token\"", addr_key(rank))))
 }
 
 fn connect_retry(peer: &Peer, deadline: Instant) -> Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = peer
-        .addr
-        .to_socket_addrs()
-        .map_err(|e| dist(format!("cannot resolve rank {peer}'s address: {e}")))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        peer.addr.to_socket_addrs().map_err(|e| dist(format!("cannot resolve rank {peer}'s address: {e}")))?.collect();
     let mut last_err = String::from("no address");
     loop {
         for addr in &addrs {
@@ -177,13 +178,20 @@ struct Ids {
 
 /// Accepts connections until one is the expected predecessor with our token; drops strays,
 /// each of which gets `hello_wait` to speak.
-fn accept_peer(listener: &TcpListener, peer: &Peer, ids: &Ids, deadline: Instant, hello_wait: Duration) -> Result<TcpStream> {
+fn accept_peer(
+    listener: &TcpListener,
+    peer: &Peer,
+    ids: &Ids,
+    deadline: Instant,
+    hello_wait: Duration,
+) -> Result<TcpStream> {
     let Ids { rank, world, my_token, peer_token } = *ids;
     listener.set_nonblocking(true).map_err(|e| dist(format!("rank {rank}: listener: {e}")))?;
     let mut rejected = Vec::new();
     loop {
         let what = || {
-            let strays = if rejected.is_empty() { String::new() } else { format!(" (dropped: {})", rejected.join("; ")) };
+            let strays =
+                if rejected.is_empty() { String::new() } else { format!(" (dropped: {})", rejected.join("; ")) };
             format!("waiting for rank {peer} to connect to rank {rank}{strays}")
         };
         let left = remaining(deadline, &what)?;

@@ -114,7 +114,12 @@ impl Header {
     }
 
     /// Errors unless `theirs` (from the previous rank) matches this rank's header.
-    pub(super) fn check_matches(&self, theirs: &WireHeader, peer: &Peer, dtype_name: fn(u8) -> &'static str) -> Result<()> {
+    pub(super) fn check_matches(
+        &self,
+        theirs: &WireHeader,
+        peer: &Peer,
+        dtype_name: fn(u8) -> &'static str,
+    ) -> Result<()> {
         let same = theirs.seq == self.seq
             && theirs.op == self.op as u8
             && theirs.dtype == self.dtype
@@ -221,9 +226,9 @@ impl Link {
             io::ErrorKind::UnexpectedEof
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted => format!(
-                "rank {peer} closed the connection during {ctx}; it probably failed — see its log"
-            ),
+            | io::ErrorKind::ConnectionAborted => {
+                format!("rank {peer} closed the connection during {ctx}; it probably failed — see its log")
+            }
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                 let what = if sending { "accepted no data" } else { "sent nothing" };
                 let secs = ctx.timeout.map_or(0.0, |t| t.as_secs_f64());

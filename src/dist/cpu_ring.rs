@@ -41,6 +41,13 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The TCP ring backend of [`Collectives`] for CPU tensors. One per process; `Send` but
 /// used from one thread at a time (`&mut self`).
+///
+/// Tensors: CPU only. all_reduce takes contiguous f32/f64, broadcast contiguous tensors of
+/// any dtype; both work in place on the tensor's memory (no copies) and refuse
+/// non-contiguous tensors rather than copying back. all_gather takes any dtype and
+/// layout and returns a new contiguous tensor. Memory is accessed directly, outside
+/// autograd: no history is recorded and version counters are not bumped, and no other
+/// thread may use a tensor sharing the storage during the call.
 #[derive(Debug)]
 pub struct CpuRing {
     rank: usize,
@@ -71,7 +78,7 @@ impl CpuRing {
     }
 
     /// Sets how long a collective waits for a peer to send or accept data before failing
-    /// (`None`: forever). It must exceed the longest time ranks may drift apart between
+    /// (`None` or zero: forever; default [`DEFAULT_OP_TIMEOUT`]). It must exceed the longest time ranks may drift apart between
     /// collectives, e.g. an evaluation that only rank 0 runs.
     pub fn set_op_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         let timeout = timeout.filter(|t| !t.is_zero());
@@ -88,7 +95,8 @@ impl CpuRing {
     }
 
     /// Sets the transfer chunk size (rounded down to a multiple of 8, at least 8 bytes).
-    /// Every rank must use the same value. Mainly for benchmarks.
+    /// It only sets this rank's pipelining granularity (the byte stream is the same),
+    /// so ranks need not agree. Mainly for benchmarks.
     pub fn set_chunk_bytes(&mut self, bytes: usize) {
         self.chunk_bytes = bytes.max(8) & !7;
     }

@@ -1,0 +1,148 @@
+//! Real 2-rank training jobs under hist-launch: a worker SIGKILLed mid-training tears the
+//! job down within 5 s with no orphans, and hostile rendezvous clients do not disturb a job.
+//! Needs the `hist` worker beside hist-launch, as `cargo test --workspace` builds it.
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SMALL: &[&str] = &[
+    "data.synthetic.train_classes=16", "data.synthetic.test_classes=6", "data.synthetic.images_per_class=10",
+    "data.batch_size=40", "data.ipc=5", "model.width=8", "model.embedding_dim=16", "loss.hgnn_hidden=32",
+    "train.eval_at_start=false",
+];
+
+fn launcher() -> Command {
+    let worker = PathBuf::from(env!("CARGO_BIN_EXE_hist-launch")).with_file_name("hist");
+    assert!(worker.is_file(), "{} missing: run `cargo test --workspace` (it builds the worker)", worker.display());
+    Command::new(env!("CARGO_BIN_EXE_hist-launch"))
+}
+
+fn with_sets(cmd: &mut Command, sets: &[&str]) {
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+}
+
+/// Child processes of `parent` (from /proc), with the RANK in their environment.
+fn children_with_rank(parent: u32) -> Vec<(u32, Option<String>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_string()) else { continue };
+        let ppid: u32 = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == parent {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let rank = environ
+                .split(|&b| b == 0)
+                .filter_map(|kv| std::str::from_utf8(kv).ok())
+                .find_map(|kv| kv.strip_prefix("RANK=").map(str::to_string));
+            out.push((pid, rank));
+        }
+    }
+    out
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next() != Some('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn sigkilled_worker_tears_the_job_down_within_5_s() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cmd = launcher();
+    cmd.args(["--nproc", "2", "--run-dir"]).arg(tmp.path().join("run"));
+    with_sets(&mut cmd, SMALL);
+    with_sets(&mut cmd, &["train.epochs=500", "train.print_every=1"]);
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hist-launch");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    // Wait until training is under way: rank 0 prints per-step losses.
+    let started = Instant::now();
+    loop {
+        let line = lines.next().expect("launcher output ended early").expect("read");
+        if line.contains("[rank 0] step 2 ") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "training did not start");
+    }
+    let workers = children_with_rank(child.id());
+    let victim = workers.iter().find(|(_, r)| r.as_deref() == Some("1")).map(|(p, _)| *p).expect("rank 1 worker");
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    // SAFETY: plain kill(2) on a pid we just read from /proc.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let killed_at = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(10), "hist-launch still running 10 s after the kill");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = killed_at.elapsed();
+    assert!(!status.success());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(err.contains("rank 1 failed (killed by signal 9"), "{err}");
+    for (pid, _) in &workers {
+        assert!(!alive(*pid), "worker {pid} outlived the job");
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Opens the three kinds of hostile connection against `port` while `done` is false.
+fn harass(port: u16, done: &std::sync::atomic::AtomicBool) -> usize {
+    use std::sync::atomic::Ordering;
+    let addr = format!("127.0.0.1:{port}");
+    let mut silent = Vec::new();
+    let mut attempts = 0;
+    while !done.load(Ordering::Relaxed) {
+        let wrong = hist_rendezvous::Client::connect(&addr, "not-the-secret", 0, 2, Duration::from_millis(200));
+        assert!(wrong.is_err(), "a wrong secret was accepted");
+        if let Ok(mut s) = TcpStream::connect(&addr) {
+            let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+            let _ = s.write_all(&noise);
+        }
+        if let Ok(s) = TcpStream::connect(&addr) {
+            silent.push(s); // connects and never says anything
+        }
+        attempts += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    attempts
+}
+
+#[test]
+fn hostile_rendezvous_clients_do_not_stop_a_two_rank_job() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("run");
+    let port = free_port();
+    let done = AtomicBool::new(false);
+    let (status, attempts) = std::thread::scope(|s| {
+        let attacker = s.spawn(|| harass(port, &done));
+        let mut cmd = launcher();
+        cmd.args(["--nproc", "2", "--master-port", &port.to_string(), "--run-dir"]).arg(&run_dir);
+        with_sets(&mut cmd, SMALL);
+        with_sets(&mut cmd, &["train.max_steps=6"]);
+        let out = cmd.output().expect("run hist-launch");
+        done.store(true, Ordering::Relaxed);
+        (out, attacker.join().expect("attacker"))
+    });
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(attempts > 0, "no hostile connection was attempted");
+    assert!(Path::new(&run_dir.join("final.safetensors")).is_file());
+}

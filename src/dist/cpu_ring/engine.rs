@@ -292,7 +292,7 @@ impl Collective<'_> {
         };
         let aborted = || HistError::Dist(format!("{} aborted", self.ctx));
         thread::scope(|scope| {
-            let sender = scope.spawn(|| {
+            let sender = thread::Builder::new().name("cpu-ring-send".into()).spawn_scoped(scope, || {
                 let result = (|| {
                     self.next.write_all(header, &self.ctx)?;
                     for op in &plan.sends {
@@ -308,6 +308,10 @@ impl Collective<'_> {
                     fail(e);
                 }
             });
+            let sender = match sender {
+                Ok(handle) => handle,
+                Err(e) => return fail(HistError::Dist(format!("{}: cannot start the sender thread: {e}", self.ctx))),
+            };
             let result = (|| {
                 let mut scratch = self.scratch(plan);
                 self.check_header()?;

@@ -77,7 +77,7 @@ fn addr_key(rank: usize) -> String {
 fn remaining(deadline: Instant, what: &dyn Fn() -> String) -> Result<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(dist(format!("timed out {}", what())));
+        return Err(dist(format!("CPU ring setup timed out {}", what())));
     }
     Ok(left)
 }

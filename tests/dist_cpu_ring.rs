@@ -107,12 +107,14 @@ fn all_gather_concatenates_in_rank_order() {
                 Tensor::arange(7, (Kind::Int64, tch::Device::Cpu)) * 1000 + r,
                 (Tensor::arange(300_001, (Kind::Int64, tch::Device::Cpu)) + r * 3).remainder(251).to_kind(Kind::Uint8),
                 Tensor::from(r as f32 * 2.0), // 0-dim: gathered as [W]
+                // Not contiguous: gathered from a copy.
+                (Tensor::arange(12, (Kind::Int, tch::Device::Cpu)) + r).reshape([3, 4]).transpose(0, 1),
             ]
         };
         let results = on_ring(world, |rank, ring| {
             make(rank).iter().map(|t| ring.all_gather(t).expect("all_gather")).collect::<Vec<_>>()
         });
-        for i in 0..4 {
+        for i in 0..5 {
             let parts: Vec<Tensor> = (0..world)
                 .map(|r| make(r).swap_remove(i))
                 .map(|t| if t.dim() == 0 { t.reshape([1]) } else { t })

@@ -45,7 +45,7 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Tensors: CPU only. all_reduce takes contiguous f32/f64, broadcast contiguous tensors of
 /// any dtype; both work in place on the tensor's memory (no copies) and refuse
 /// non-contiguous tensors rather than copying back. all_gather takes any dtype and
-/// layout and returns a new contiguous tensor. Memory is accessed directly, outside
+/// layout and returns a new contiguous tensor (with one rank: the input itself, as `Solo`). Memory is accessed directly, outside
 /// autograd: no history is recorded and version counters are not bumped, and no other
 /// thread may use a tensor sharing the storage during the call.
 #[derive(Debug)]

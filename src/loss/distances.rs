@@ -17,22 +17,25 @@ pub fn inverse_variances(log_vars: &Tensor) -> Tensor {
     (-log_vars.relu6()).exp()
 }
 
-/// d[i, c] = Σ_k (x̂_ik − m̂_ck)² · inv_var_ck for unit-norm rows `x_hat` [N, D] and
-/// `m_hat` [C, D], computed as three matrix products so that nothing of size N·C·D
-/// exists: Σ x²/σ² − 2 Σ x m/σ² + Σ m²/σ².
-pub fn mahalanobis_sq(x_hat: &Tensor, m_hat: &Tensor, inv_var: &Tensor) -> Tensor {
-    // Every elementwise pass over a [C, D] tensor costs about as much as a third of a
-    // product at large C, so: m/σ² is formed once and reused for Σ m²/σ², the −2 is folded
-    // into the small [N, D] side, and the two products accumulate into the broadcast
-    // Σ m²/σ² row through addmm instead of separate [N, C] additions.
-    let m_scaled = m_hat * inv_var;
-    let mm = (m_hat * &m_scaled).sum_dim_intlist(1, false, None::<Kind>);
-    mm.unsqueeze(0)
-        .addmm(&x_hat.square(), &inv_var.tr())
-        .addmm(&(x_hat * -2.0), &m_scaled.tr())
+/// d[i, c] = Σ_k (x̂_ik − m̂_ck)² · inv_var_ck for unit-norm rows `x_hat` [N, D] and the
+/// L2-normalised rows m̂ of the raw `means` [C, D], computed as two matrix products so
+/// that nothing of size N·C·D exists: Σ x²/σ² − 2 Σ x m/σ² + Σ m²/σ².
+///
+/// Elementwise passes over [C, D] tensors cost about a third of a product each at large
+/// C, so the normalisation of the means is never materialised: with r_c = 1/‖m_c‖,
+/// Σ_k x m̂/σ² = r_c · (x · (m/σ²)) and Σ m̂²/σ² = r_c² · Σ m²/σ², which moves the scaling
+/// onto the [N, C] and [C] sides; the −2 is folded into the small [N, D] side, and the
+/// products accumulate through addmm instead of separate [N, C] additions.
+pub fn mahalanobis_sq(x_hat: &Tensor, means: &Tensor, inv_var: &Tensor) -> Tensor {
+    let r = (means.square().sum_dim_intlist(1, false, None::<Kind>) + L2_EPS).rsqrt();
+    let m_scaled = means * inv_var;
+    let mm = (means * &m_scaled).sum_dim_intlist(1, false, None::<Kind>) * r.square();
+    let cross = (x_hat * -2.0).matmul(&m_scaled.tr()) * r.unsqueeze(0);
+    cross.addmm(&x_hat.square(), &inv_var.tr()) + mm.unsqueeze(0)
 }
 
-/// The N×C×D form of [`mahalanobis_sq`]; only for tests, as an independent check.
+/// The N×C×D form of [`mahalanobis_sq`] on already normalised means `m_hat`; only for
+/// tests, as an independent check.
 pub fn mahalanobis_sq_dense(x_hat: &Tensor, m_hat: &Tensor, inv_var: &Tensor) -> Tensor {
     let diff = x_hat.unsqueeze(1) - m_hat.unsqueeze(0);
     (diff.square() * inv_var.unsqueeze(0)).sum_dim_intlist(2, false, None::<Kind>)
@@ -48,10 +51,10 @@ mod tests {
         tch::manual_seed(3);
         let opts = (Kind::Double, Device::Cpu);
         let x = l2_normalize(&Tensor::randn([7, 5], opts));
-        let m = l2_normalize(&Tensor::randn([4, 5], opts));
+        let m = Tensor::randn([4, 5], opts) * 3.0;
         let iv = inverse_variances(&(Tensor::randn([4, 5], opts) * 4.0));
         let a = mahalanobis_sq(&x, &m, &iv);
-        let b = mahalanobis_sq_dense(&x, &m, &iv);
+        let b = mahalanobis_sq_dense(&x, &l2_normalize(&m), &iv);
         let err = (a - b).abs().max().double_value(&[]);
         assert!(err < 1e-13, "max abs difference {err}");
     }

@@ -47,9 +47,8 @@ pub struct HistTensors<'a> {
 /// placed samples; keeping them keeps their gradient, which is the point of the loss.
 pub fn hist_loss(x: &Tensor, labels: &Tensor, t: HistTensors<'_>, hyper: HistHyper) -> LossTerms {
     let x_hat = l2_normalize(x);
-    let m_hat = l2_normalize(t.means);
     let inv_var = inverse_variances(t.log_vars);
-    let d = mahalanobis_sq(&x_hat, &m_hat, &inv_var);
+    let d = mahalanobis_sq(&x_hat, t.means, &inv_var);
 
     let ds = (&d * (-hyper.tau)).cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0);
 

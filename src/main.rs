@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use hist::config::{load_config, load_config_str, Config, ConfigSource};
 use hist::dist::env::DistEnv;
 use hist::dist::process_group::ProcessGroup;
+use hist::train::stop::StopFlag;
 use hist::telemetry::run_dir::choose_run_dir;
 
 /// The embedded default config (configs/demo.yaml).
@@ -113,7 +114,7 @@ fn resolve_config(path: Option<&PathBuf>, overrides: &[String]) -> hist::Result<
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Train { config, run_dir, overrides } => {
             let mut config = resolve_config(config.as_ref(), &overrides)?;
@@ -128,8 +129,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             if let Some(d) = &dir {
                 println!("run directory: {}", d.display());
             }
+            let stop = StopFlag::install()?;
             let mut pg = ProcessGroup::init(env, device, config.dist.backend)?;
-            let summary = hist::train::train(&config, pg.collectives(), dir.as_deref())?;
+            let summary = hist::train::train(&config, pg.collectives(), dir.as_deref(), &stop)?;
+            if let Some(reason) = summary.stopped {
+                return Ok(ExitCode::from(reason.exit_code()));
+            }
             if let Some(d) = &dir {
                 println!("done: {} steps; final parameters in {}", summary.steps, d.join("final.safetensors").display());
             }
@@ -152,13 +157,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             hist::tools::bench_loss::run(&args)?
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             // One line whatever a library put in its message, so logs and tests can rely on it.
             let message = format!("{err:#}").split_whitespace().collect::<Vec<_>>().join(" ");

@@ -2,6 +2,7 @@
 pub mod optim;
 pub mod param_groups;
 pub mod step;
+pub mod stop;
 pub mod trainer;
 
 pub use trainer::{train, TrainSummary};

@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::optim::{Optimizer, OptimizerKind};
 use super::param_groups::{base_lrs, param_groups, scheduled_lr, set_trunk_frozen, GROUP_NAMES};
 use super::step::{check_shardable, train_step, StepBatch};
+use super::stop::{StopFlag, StopReason};
 use crate::config::{parse_device, Config, DataSource, OptimName};
 use crate::data::sampler::BalancedSampler;
 use crate::data::{folder, synthetic, Splits};
@@ -32,6 +33,8 @@ pub struct TrainSummary {
     pub initial_recall: Option<Vec<(usize, f64)>>,
     /// Recall@K after the last step.
     pub final_recall: Vec<(usize, f64)>,
+    /// Set when a signal ended training early (after an orderly stop of every rank).
+    pub stopped: Option<StopReason>,
 }
 
 /// Loads the configured dataset.
@@ -116,7 +119,7 @@ pub fn resolve_device(config: &Config) -> Result<Device> {
 
 /// Trains per `config` as one rank of `pg`. `run_dir` is `Some` on the rank that writes
 /// (rank 0) and `None` elsewhere; only that rank prints and writes files.
-pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>) -> Result<TrainSummary> {
+pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, stop: &StopFlag) -> Result<TrainSummary> {
     let device = resolve_device(config)?;
     check_shardable(config.data.batch_size, config.data.ipc, pg.world_size())?;
     let created_run_dir = run_dir.is_some_and(|d| !d.exists());
@@ -172,6 +175,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>) 
     let base = base_lrs(&config.optim);
     let mut global_step = 0usize;
     let mut final_recall = Vec::new();
+    let mut stopped: Option<StopReason> = None;
     for epoch in 0..config.train.epochs {
         let t_epoch = Instant::now();
         for (g, &b) in base.iter().enumerate() {
@@ -217,6 +221,14 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>) 
                 stopped_early = true;
                 break;
             }
+            if let Some(reason) = stop.agreed(pg, device)? {
+                stopped = Some(reason);
+                break;
+            }
+        }
+        if let Some(reason) = stopped {
+            say(&format!("stopping at step {global_step} on {reason:?} (every rank finished the step)"));
+            break;
         }
         let losses = sums.map(|s| s / steps_this_epoch.max(1) as f64);
         let train_seconds = t_epoch.elapsed().as_secs_f64();
@@ -250,7 +262,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>) 
         save_final(&state, &dir.join("final.safetensors"))?;
     }
     pg.barrier()?;
-    Ok(TrainSummary { run_dir: run_dir.map(Path::to_path_buf), steps: global_step, initial_recall, final_recall })
+    Ok(TrainSummary { run_dir: run_dir.map(Path::to_path_buf), steps: global_step, initial_recall, final_recall, stopped })
 }
 
 /// Writes every variable (trained or frozen, plus BN running statistics) under its

@@ -146,3 +146,29 @@ fn hostile_rendezvous_clients_do_not_stop_a_two_rank_job() {
     assert!(attempts > 0, "no hostile connection was attempted");
     assert!(Path::new(&run_dir.join("final.safetensors")).is_file());
 }
+
+#[test]
+fn sigterm_stops_every_rank_after_the_same_step() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cmd = launcher();
+    cmd.args(["--nproc", "2", "--run-dir"]).arg(tmp.path().join("run"));
+    with_sets(&mut cmd, SMALL);
+    with_sets(&mut cmd, &["train.epochs=500", "train.print_every=1"]);
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hist-launch");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let started = Instant::now();
+    loop {
+        let line = lines.next().expect("launcher output ended early").expect("read");
+        if line.contains("[rank 0] step 3 ") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "training did not start");
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map_while(std::result::Result::ok).collect();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(143), "{rest:?}");
+    let stop_line = rest.iter().find(|l| l.contains("stopping at step")).unwrap_or_else(|| panic!("no orderly stop: {rest:?}"));
+    assert!(stop_line.contains("Terminate"), "{stop_line}");
+}

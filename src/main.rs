@@ -35,6 +35,10 @@ enum Command {
         /// Override a config key, e.g. --set data.batch_size=120 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Continue the newest unfinished run of this name from its latest valid checkpoint
+        /// (a --run-dir holding checkpoints is resumed without this flag).
+        #[arg(long)]
+        resume: bool,
     },
     /// Print the resolved config (after --set overrides) as YAML and exit.
     ShowConfig {
@@ -116,7 +120,7 @@ fn resolve_config(path: Option<&PathBuf>, overrides: &[String]) -> hist::Result<
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Train { config, run_dir, overrides } => {
+        Command::Train { config, run_dir, overrides, resume } => {
             let mut config = resolve_config(config.as_ref(), &overrides)?;
             let env = DistEnv::from_process_env()?;
             if config.device == "cuda" {
@@ -125,7 +129,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             let device = hist::train::trainer::resolve_device(&config)?;
             // Only rank 0 picks (and later writes) the run directory.
-            let dir = if env.rank == 0 { Some(choose_run_dir(run_dir.as_deref(), &config.name)?) } else { None };
+            let dir = if env.rank == 0 { Some(choose_run_dir(run_dir.as_deref(), &config.name, resume)?) } else { None };
             if let Some(d) = &dir {
                 println!("run directory: {}", d.display());
             }

@@ -34,6 +34,10 @@ pub struct Args {
     /// Run directory passed to the workers (default: the worker's runs/<name>).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
+    /// Resume the newest unfinished run of the config's name from its latest checkpoint
+    /// (passed to every worker as `hist train --resume`).
+    #[arg(long)]
+    pub resume: bool,
     /// Path of the `hist` worker binary (default: `hist` next to this executable).
     #[arg(long, value_name = "PATH", env = "HIST_WORKER")]
     pub worker: Option<PathBuf>,
@@ -58,6 +62,7 @@ impl Default for Args {
             master_addr: None,
             master_port: None,
             run_dir: None,
+            resume: false,
             worker: None,
             join_timeout: DEFAULT_JOIN_TIMEOUT_S,
             config: None,

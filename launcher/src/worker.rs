@@ -38,6 +38,9 @@ impl WorkerCommand {
         if let Some(dir) = &args.run_dir {
             argv.extend(["--run-dir".into(), dir.clone().into_os_string()]);
         }
+        if args.resume {
+            argv.push("--resume".into());
+        }
         for o in &args.overrides {
             argv.extend(["--set".into(), o.into()]);
         }

@@ -37,6 +37,9 @@ pub struct Config {
     /// Multi-rank training.
     #[serde(default)]
     pub dist: DistConfig,
+    /// Checkpoints for resuming.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
 }
 
 fn default_name() -> String {
@@ -454,5 +457,27 @@ fn default_bucket_mb() -> f64 {
 impl Default for DistConfig {
     fn default() -> Self {
         DistConfig { bucket_mb: default_bucket_mb(), backend: DistBackend::default() }
+    }
+}
+
+/// When checkpoints are written and how many are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Also write one every this many optimiser steps (0 = only at epoch ends and on a stop signal).
+    #[serde(default)]
+    pub every_steps: usize,
+    /// Keep the newest this many checkpoints (plus the best by Recall@1).
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+}
+
+fn default_keep() -> usize {
+    3
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { every_steps: 0, keep: default_keep() }
     }
 }

@@ -84,6 +84,7 @@ pub fn validate(c: &Config) -> Check {
     }
     at_least("eval.batch_size", c.eval.batch_size, 1)?;
     positive("dist.bucket_mb", c.dist.bucket_mb)?;
+    at_least("checkpoint.keep", c.checkpoint.keep, 1)?;
     Ok(())
 }
 

@@ -1,37 +1,76 @@
-//! The run directory: `runs/<name>/` (numbered when taken) or the user's `--run-dir`.
+//! The run directory: `runs/<name>/` (numbered when taken) or the user's `--run-dir`, and
+//! the rules that keep earlier runs from being overwritten while letting an interrupted
+//! run be resumed.
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::error::{HistError, Result};
 
-/// Files whose presence means a directory already holds a run we must not overwrite.
-const RUN_MARKERS: [&str; 2] = ["metrics.jsonl", "final.safetensors"];
+/// Present when a run finished: such a directory is never reused.
+const FINISHED_MARKER: &str = "final.safetensors";
+/// Present once a run has started logging.
+const STARTED_MARKER: &str = "metrics.jsonl";
+/// Folder of resumable state.
+const CHECKPOINTS: &str = "checkpoints";
 
-/// Picks the run directory: `explicit` if given (refused if it already holds a run),
-/// else `runs/<name>`, then `runs/<name>-2`, `-3`, … so that earlier runs are kept.
-pub fn choose_run_dir(explicit: Option<&Path>, name: &str) -> Result<PathBuf> {
+fn finished(dir: &Path) -> bool {
+    dir.join(FINISHED_MARKER).exists()
+}
+
+fn started(dir: &Path) -> bool {
+    dir.join(STARTED_MARKER).exists() || finished(dir)
+}
+
+/// True when `dir` holds at least one checkpoint entry.
+pub fn has_checkpoints(dir: &Path) -> bool {
+    fs::read_dir(dir.join(CHECKPOINTS)).map(|mut entries| entries.next().is_some()).unwrap_or(false)
+}
+
+/// Picks the run directory.
+/// - `explicit`: used as is — resumed if it holds checkpoints of an unfinished run; refused
+///   if it holds a finished run, or a started one that cannot be resumed.
+/// - `resume` without `explicit`: the newest unfinished `runs/<name>[-N]` with checkpoints.
+/// - otherwise a new `runs/<name>`, `runs/<name>-2`, … so that earlier runs are kept.
+pub fn choose_run_dir(explicit: Option<&Path>, name: &str, resume: bool) -> Result<PathBuf> {
+    let refuse = |dir: &Path, message: &str| Err(HistError::Io { path: dir.to_path_buf(), message: message.to_string() });
     if let Some(dir) = explicit {
-        if holds_run(dir) {
-            return Err(HistError::Io {
-                path: dir.to_path_buf(),
-                message: "already holds a run (metrics.jsonl or final.safetensors); pass another --run-dir or move it away".to_string(),
-            });
+        if finished(dir) {
+            return refuse(dir, "already holds a finished run (final.safetensors); pass another --run-dir or move it away");
+        }
+        if started(dir) && !has_checkpoints(dir) {
+            return refuse(dir, "already holds a run without checkpoints to resume; pass another --run-dir or move it away");
+        }
+        if resume && !has_checkpoints(dir) {
+            return refuse(dir, "has no checkpoints to resume; drop --resume to start a new run there");
         }
         return Ok(dir.to_path_buf());
     }
     let base = Path::new("runs");
-    let mut candidate = base.join(name);
-    let mut n = 2;
-    while holds_run(&candidate) {
-        candidate = base.join(format!("{name}-{n}"));
-        n += 1;
+    let candidates = std::iter::once(base.join(name)).chain((2..).map(|n| base.join(format!("{name}-{n}"))));
+    if resume {
+        let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+        for dir in candidates.take_while(|d| d.exists()) {
+            if has_checkpoints(&dir) && !finished(&dir) {
+                let modified = fs::metadata(dir.join(CHECKPOINTS)).and_then(|m| m.modified()).ok();
+                if let Some(t) = modified {
+                    if newest.as_ref().is_none_or(|(best, _)| t > *best) {
+                        newest = Some((t, dir));
+                    }
+                }
+            }
+        }
+        return match newest {
+            Some((_, dir)) => Ok(dir),
+            None => refuse(base, &format!("no unfinished run named {name} with checkpoints; start one without --resume")),
+        };
     }
-    Ok(candidate)
-}
-
-fn holds_run(dir: &Path) -> bool {
-    RUN_MARKERS.iter().any(|m| dir.join(m).exists())
+    for dir in candidates {
+        if !started(&dir) && !has_checkpoints(&dir) {
+            return Ok(dir);
+        }
+    }
+    unreachable!("the candidate names are unbounded")
 }
 
 /// Creates `dir` (and parents) and writes the resolved `config.yaml` into it; a
@@ -50,4 +89,25 @@ pub fn prepare_run_dir(dir: &Path, config: &Config) -> Result<()> {
         path: path.clone(),
         message: format!("cannot write: {e}; choose a writable --run-dir"),
     })
+}
+
+/// Drops `metrics.jsonl` lines recorded after `global_step`, so a resumed run continues the
+/// file without duplicated or missing steps.
+pub fn truncate_metrics_after(dir: &Path, global_step: usize) -> Result<()> {
+    let path = dir.join(STARTED_MARKER);
+    let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= global_step)
+        })
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    fs::write(&path, out).map_err(|e| HistError::io(&path, e))
 }

@@ -1,6 +1,7 @@
 //! hist: deep metric learning with the HIST loss (Lim et al., CVPR 2022) on libtorch.
 //!
 //! Data flows one way: config → data → model → loss → optimiser → telemetry.
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dist;

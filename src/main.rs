@@ -133,8 +133,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(d) = &dir {
                 println!("run directory: {}", d.display());
             }
-            let stop = StopFlag::install()?;
             let mut pg = ProcessGroup::init(env, device, config.dist.backend)?;
+            // Installed after joining: a signal while waiting for other ranks ends the
+            // process at once (there is nothing to save yet).
+            let stop = StopFlag::install()?;
             let summary = hist::train::train(&config, pg.collectives(), dir.as_deref(), &stop)?;
             if let Some(reason) = summary.stopped {
                 return Ok(ExitCode::from(reason.exit_code()));

@@ -172,3 +172,48 @@ fn sigterm_stops_every_rank_after_the_same_step() {
     let stop_line = rest.iter().find(|l| l.contains("stopping at step")).unwrap_or_else(|| panic!("no orderly stop: {rest:?}"));
     assert!(stop_line.contains("Terminate"), "{stop_line}");
 }
+
+/// Runs a 2-rank job to completion and returns (final.safetensors bytes, metrics.jsonl).
+fn finished_run(dir: &Path, sets: &[&str]) -> (Vec<u8>, String) {
+    let mut cmd = launcher();
+    cmd.args(["--nproc", "2", "--run-dir"]).arg(dir);
+    with_sets(&mut cmd, SMALL);
+    with_sets(&mut cmd, sets);
+    let out = cmd.output().expect("run hist-launch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (
+        std::fs::read(dir.join("final.safetensors")).expect("final.safetensors"),
+        std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl"),
+    )
+}
+
+#[test]
+fn sigterm_then_resume_gives_the_uninterrupted_result() {
+    let sets = ["train.epochs=20", "train.print_every=1", "model.bn=frozen", "checkpoint.every_steps=2"];
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (want_params, want_metrics) = finished_run(&tmp.path().join("straight"), &sets);
+
+    let dir = tmp.path().join("interrupted");
+    let mut cmd = launcher();
+    cmd.args(["--nproc", "2", "--run-dir"]).arg(&dir);
+    with_sets(&mut cmd, SMALL);
+    with_sets(&mut cmd, &sets);
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn hist-launch");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // Mid-epoch: 16 classes × 10 images / 40 = 4 steps per epoch; stop during the second.
+    loop {
+        let line = lines.next().expect("output ended early").expect("read");
+        if line.contains("[rank 0] step 5 ") {
+            break;
+        }
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _: Vec<String> = lines.map_while(std::result::Result::ok).collect();
+    assert_eq!(child.wait().expect("wait").code(), Some(143));
+    assert!(!dir.join("final.safetensors").exists(), "an interrupted run must not look finished");
+
+    let (got_params, got_metrics) = finished_run(&dir, &sets);
+    assert!(got_params == want_params, "resumed parameters differ from the uninterrupted run");
+    assert_eq!(got_metrics, want_metrics, "metrics.jsonl has duplicated or missing records");
+}

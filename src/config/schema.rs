@@ -74,10 +74,11 @@ impl DType {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `synthetic` (built in, no download) or `folder` (one sub-folder per class).
+    /// `synthetic` (built in, no download), `folder` (one sub-folder per class), or a
+    /// benchmark: `cub`, `cars`, `sop`, `inshop` (docs/datasets.md).
     #[serde(default)]
     pub source: DataSource,
-    /// Root folder for `folder` datasets.
+    /// Root folder for `folder` and benchmark datasets.
     #[serde(default)]
     pub root: Option<String>,
     /// Global batch size (all ranks together).
@@ -114,6 +115,14 @@ pub enum DataSource {
     Synthetic,
     /// A user's folder with one sub-folder of JPEG/PNG images per class.
     Folder,
+    /// CUB-200-2011 at `root` (docs/datasets.md): classes 1–100 train, 101–200 test.
+    Cub,
+    /// CARS-196 at `root`, from `cars_annos.txt`: classes 1–98 train, 99–196 test.
+    Cars,
+    /// Stanford Online Products at `root`: Ebay_train.txt train, Ebay_test.txt test.
+    Sop,
+    /// In-Shop Clothes at `root`: train rows train, query ∪ gallery rows test.
+    Inshop,
 }
 
 /// Size of the built-in synthetic dataset.

@@ -130,6 +130,12 @@ fn validate_data(c: &Config) -> Check {
                 return Err(format!("data.folder.train_fraction must be in (0, 1) (got {f})"));
             }
         }
+        DataSource::Cub | DataSource::Cars | DataSource::Sop | DataSource::Inshop => {
+            if d.root.as_deref().is_none_or(str::is_empty) {
+                let source = format!("{:?}", d.source).to_lowercase();
+                return Err(format!("data.root is required when data.source is {source} (the dataset's folder; see docs/datasets.md)"));
+            }
+        }
     }
     Ok(())
 }

@@ -27,12 +27,12 @@ const MAX_DECODE_THREADS: usize = 8;
 /// One class folder: its name and its image files.
 type ClassFiles = (String, Vec<PathBuf>);
 
-fn data_error(path: &Path, message: impl Into<String>) -> HistError {
+pub(crate) fn data_error(path: &Path, message: impl Into<String>) -> HistError {
     HistError::Data { path: path.to_path_buf(), message: message.into() }
 }
 
 /// An OS error as one line, without the "(os error N)" suffix that adds nothing here.
-fn os_reason(e: &io::Error) -> String {
+pub(crate) fn os_reason(e: &io::Error) -> String {
     let text = e.to_string();
     text.split(" (os error").next().unwrap_or(&text).to_string()
 }
@@ -152,6 +152,15 @@ fn load_all(paths: &[&Path], size: usize) -> Result<Vec<u8>> {
     Ok(data)
 }
 
+/// Decodes `paths` (see [`load_image`]) into an [`ImageSet`] with the given labels and
+/// class names; `labels[i]` belongs to `paths[i]`. Shared with the benchmark readers.
+pub(crate) fn decode_set(paths: &[&Path], labels: Vec<i64>, class_names: Vec<String>, size: usize) -> Result<ImageSet> {
+    debug_assert_eq!(paths.len(), labels.len());
+    let data = load_all(paths, size)?;
+    let images = Tensor::from_slice(&data).view([labels.len() as i64, 3, size as i64, size as i64]);
+    Ok(ImageSet { images, labels, class_names })
+}
+
 fn build_set(classes: &[&ClassFiles], size: usize) -> Result<ImageSet> {
     let mut paths = Vec::new();
     let mut labels = Vec::new();
@@ -159,9 +168,7 @@ fn build_set(classes: &[&ClassFiles], size: usize) -> Result<ImageSet> {
         paths.extend(images.iter().map(PathBuf::as_path));
         labels.extend(std::iter::repeat_n(label as i64, images.len()));
     }
-    let data = load_all(&paths, size)?;
-    let images = Tensor::from_slice(&data).view([labels.len() as i64, 3, size as i64, size as i64]);
-    Ok(ImageSet { images, labels, class_names: classes.iter().map(|(n, _)| n.clone()).collect() })
+    decode_set(&paths, labels, classes.iter().map(|(n, _)| n.clone()).collect(), size)
 }
 
 /// Loads `root` and splits its classes into disjoint train and test classes: the sorted

@@ -1,4 +1,6 @@
-//! Datasets (synthetic, user folders), the class-balanced sampler and batch assembly.
+//! Datasets (synthetic, user folders, the standard benchmarks), the class-balanced sampler
+//! and batch assembly.
+pub mod datasets;
 mod image_set;
 pub mod folder;
 pub mod sampler;

@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::optim::{Optimizer, OptimizerKind};
 use super::param_groups::{base_lrs, param_groups, scheduled_lr, set_trunk_frozen, GROUP_NAMES};
 use super::step::{check_shardable, train_step, StepBatch};
+use super::resume::{choose_checkpoint, compat, load_compatible, restore, Checkpointing, ResumePoint};
 use super::stop::{StopFlag, StopReason};
 use crate::config::{parse_device, Config, DataSource, OptimName};
 use crate::data::sampler::BalancedSampler;
@@ -20,7 +21,7 @@ use crate::eval::{embed_sharded, recall_at_k};
 use crate::loss::{HistHyper, HistLoss};
 use crate::model::EmbeddingModel;
 use crate::telemetry::metrics::{EpochRecord, RunLogger};
-use crate::telemetry::run_dir::prepare_run_dir;
+use crate::telemetry::run_dir::{prepare_run_dir, truncate_metrics_after};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -45,6 +46,17 @@ pub fn load_data(config: &Config) -> Result<Splits> {
         DataSource::Folder => {
             let root = d.root.as_deref().unwrap_or_default();
             folder::load_folder(Path::new(root), &d.folder, d.image_size)
+        }
+        DataSource::Cub | DataSource::Cars | DataSource::Sop | DataSource::Inshop => {
+            use crate::data::datasets::{load_benchmark, Benchmark};
+            let kind = match d.source {
+                DataSource::Cub => Benchmark::Cub,
+                DataSource::Cars => Benchmark::Cars,
+                DataSource::Sop => Benchmark::Sop,
+                _ => Benchmark::InShop,
+            };
+            let root = d.root.as_deref().unwrap_or_default();
+            load_benchmark(kind, Path::new(root), d.image_size)
         }
     }
 }
@@ -162,8 +174,26 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     let kind = config.dtype.kind();
     let bucket_bytes = (config.dist.bucket_mb * (1 << 20) as f64) as usize;
 
+    let classes = splits.train.num_classes() as i64;
+    let checkpoints = Checkpointing::new(config, run_dir, pg.world_size(), classes);
+    let mut point = ResumePoint::default();
+    if let Some(path) = choose_checkpoint(pg, checkpoints.store(), device)? {
+        let loaded = load_compatible(&path, &compat(config, classes))?;
+        point = restore(&loaded, &state, &mut optimizer)?;
+        say(&format!(
+            "resuming from {} at step {} (epoch {}, its step {})",
+            path.display(),
+            point.global_step,
+            point.epoch + 1,
+            point.step_in_epoch
+        ));
+        if let Some(dir) = run_dir {
+            truncate_metrics_after(dir, point.global_step)?;
+        }
+    }
+
     let mut initial_recall = None;
-    if config.train.eval_at_start {
+    if config.train.eval_at_start && point.global_step == 0 {
         let r = evaluate(pg, config, &state, &splits, device)?;
         say(&format!("epoch 0/{}  (initialisation)  {}", config.train.epochs, format_recall(&r)));
         if let Some(l) = logger.as_mut() {
@@ -173,20 +203,22 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     }
 
     let base = base_lrs(&config.optim);
-    let mut global_step = 0usize;
+    let mut global_step = point.global_step;
     let mut final_recall = Vec::new();
     let mut stopped: Option<StopReason> = None;
-    for epoch in 0..config.train.epochs {
+    for epoch in point.epoch..config.train.epochs {
+        let resumed_here = epoch == point.epoch;
         let t_epoch = Instant::now();
         for (g, &b) in base.iter().enumerate() {
             optimizer.set_lr(g, scheduled_lr(b, &config.optim, epoch));
         }
         set_trunk_frozen(optimizer.groups(), epoch < config.train.warmup_epochs);
-        let mut sums = [0.0f64; 3];
-        let mut steps_this_epoch = 0usize;
+        let (mut sums, mut steps_this_epoch) = if resumed_here { (point.epoch_sums, point.epoch_steps) } else { ([0.0; 3], 0) };
+        let first_step = if resumed_here { point.step_in_epoch } else { 0 };
+        let mut steps_run = 0usize;
         let mut stopped_early = false;
         let mut comm_seconds = 0.0f64;
-        for step in 0..sampler.steps_per_epoch() {
+        for step in first_step..sampler.steps_per_epoch() {
             let global = sampler.batch(epoch, step);
             let flips = if config.data.hflip { sampler.flips(epoch, step, global.len()) } else { Vec::new() };
             let batch = StepBatch { global: &global, flips: &flips, set: &splits.train };
@@ -195,6 +227,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
             comm_seconds += stats.comm_seconds;
             global_step += 1;
             steps_this_epoch += 1;
+            steps_run += 1;
             if !values[0].is_finite() {
                 return Err(HistError::config(
                     "optim.lr",
@@ -217,13 +250,18 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
             if config.train.print_every > 0 && global_step % config.train.print_every == 0 {
                 say(&format!("step {global_step}  loss {:.6} (ds {:.6}, ce {:.6})", values[0], values[1], values[2]));
             }
+            let here = ResumePoint { epoch, step_in_epoch: step + 1, global_step, epoch_sums: sums, epoch_steps: steps_this_epoch };
             if config.train.max_steps > 0 && global_step >= config.train.max_steps {
                 stopped_early = true;
                 break;
             }
             if let Some(reason) = stop.agreed(pg, device)? {
+                checkpoints.save(pg, &state, &optimizer, &here, None)?;
                 stopped = Some(reason);
                 break;
+            }
+            if checkpoints.due(global_step) {
+                checkpoints.save(pg, &state, &optimizer, &here, None)?;
             }
         }
         if let Some(reason) = stopped {
@@ -234,7 +272,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         let train_seconds = t_epoch.elapsed().as_secs_f64();
         let throughput = format!(
             "{:.0} img/s, comm {:.0}%",
-            (steps_this_epoch * config.data.batch_size) as f64 / train_seconds.max(1e-9),
+            (steps_run * config.data.batch_size) as f64 / train_seconds.max(1e-9),
             100.0 * comm_seconds / train_seconds.max(1e-9)
         );
         let r = evaluate(pg, config, &state, &splits, device)?;
@@ -252,13 +290,18 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         if let Some(l) = logger.as_mut() {
             l.epoch(&EpochRecord { epoch: epoch + 1, step: global_step, losses: Some(losses), recall: r.clone() })?;
         }
+        let next = ResumePoint { epoch: epoch + 1, global_step, ..ResumePoint::default() };
+        let recall_at_1 = r.iter().find(|(k, _)| *k == 1).map(|(_, v)| *v);
+        if !stopped_early {
+            checkpoints.save(pg, &state, &optimizer, &next, recall_at_1)?;
+        }
         final_recall = r;
         if stopped_early {
             say(&format!("stopped at train.max_steps = {}", config.train.max_steps));
             break;
         }
     }
-    if let Some(dir) = run_dir {
+    if let (Some(dir), None) = (run_dir, stopped) {
         save_final(&state, &dir.join("final.safetensors"))?;
     }
     pg.barrier()?;

@@ -1,0 +1,86 @@
+//! A save that fails at any step of the protocol (as a full disk would make it) leaves the
+//! earlier checkpoint loadable, nothing of its own under a checkpoint's name, and an error
+//! naming the file.
+use tch::{Device, Kind, Tensor};
+
+use super::durable::fail_next;
+use super::layout::temp_entries;
+use super::{CheckpointMeta, CheckpointStore, CheckpointTensors, Compat, FORMAT_VERSION};
+
+fn meta(step: usize) -> CheckpointMeta {
+    CheckpointMeta {
+        format_version: FORMAT_VERSION,
+        global_step: step,
+        epoch: 0,
+        step_in_epoch: step,
+        world_size: 1,
+        config_hash: String::new(),
+        config_yaml: String::new(),
+        compat: Compat {
+            train_classes: 2,
+            embedding_dim: 3,
+            backbone: "small_cnn".into(),
+            dtype: "f32".into(),
+        },
+        epoch_loss_sums: [1.0, 2.0, 3.0],
+        epoch_steps_done: step,
+        recall_at_1: None,
+        extra: Default::default(),
+    }
+}
+
+fn tensors(value: f64) -> CheckpointTensors {
+    let w = Tensor::full([2, 3], value, (Kind::Float, Device::Cpu));
+    CheckpointTensors {
+        model: vec![("w".into(), w)],
+        optim: vec![],
+    }
+}
+
+#[test]
+fn every_failure_point_keeps_the_previous_checkpoint() {
+    for (stage, file) in [
+        ("tensors", "tensors.safetensors"),
+        ("meta", "meta.json"),
+        ("publish", "step-000000002"),
+        ("complete", "COMPLETE"),
+    ] {
+        let run = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(run.path(), 3);
+        let first = store.save(&meta(1), &tensors(1.0)).unwrap();
+        fail_next(stage);
+        let err = store.save(&meta(2), &tensors(2.0)).unwrap_err().to_string();
+        assert!(
+            err.contains(file) && err.contains("No space left"),
+            "{stage}: {err}"
+        );
+        assert_eq!(store.list().unwrap(), vec![first.clone()], "{stage}");
+        assert!(
+            temp_entries(store.root()).unwrap().is_empty(),
+            "{stage}: scratch left behind"
+        );
+        let loaded = store.load_latest().unwrap().unwrap();
+        assert_eq!(
+            (loaded.path, loaded.meta.global_step, loaded.skipped.len()),
+            (first, 1, 0),
+            "{stage}"
+        );
+    }
+}
+
+#[test]
+fn failed_replacement_of_the_same_step_restores_the_old_one() {
+    let run = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(run.path(), 3);
+    let path = store.save(&meta(5), &tensors(1.0)).unwrap();
+    fail_next("publish");
+    assert!(store.save(&meta(5), &tensors(2.0)).is_err());
+    let loaded = store.load_latest().unwrap().unwrap();
+    assert_eq!(loaded.path, path);
+    assert_eq!(loaded.tensors.model[0].1.double_value(&[0, 0]), 1.0);
+    // And a successful replacement takes the new tensors.
+    store.save(&meta(5), &tensors(2.0)).unwrap();
+    let loaded = store.load_latest().unwrap().unwrap();
+    assert_eq!(loaded.tensors.model[0].1.double_value(&[0, 0]), 2.0);
+    assert_eq!(store.list().unwrap().len(), 1);
+}

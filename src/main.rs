@@ -39,6 +39,10 @@ enum Command {
         /// (a --run-dir holding checkpoints is resumed without this flag).
         #[arg(long)]
         resume: bool,
+        /// Set by hist-launch when it restarts a failed job: resume the run directory's latest
+        /// checkpoint, or start the run there afresh if it failed before the first one.
+        #[arg(long, hide = true)]
+        restart: bool,
     },
     /// Print the resolved config (after --set overrides) as YAML and exit.
     ShowConfig {
@@ -48,6 +52,33 @@ enum Command {
         /// Override a config key (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+    },
+    /// Retrieval metrics (Recall@K, MAP@R, R-Precision, NMI) of stored embeddings (docs/evaluation.md).
+    Eval {
+        /// Safetensors with embeddings [N, D], labels [N] and optional is_query / is_gallery masks.
+        #[arg(long, required = true)]
+        embeddings: Option<PathBuf>,
+        /// K of Recall@K, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8])]
+        ks: Vec<usize>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Queries per k-NN chunk (default: about 2^26 similarities per chunk).
+        #[arg(long)]
+        chunk: Option<usize>,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// k-means restarts for NMI (0 skips NMI).
+        #[arg(long, default_value_t = 3)]
+        kmeans_restarts: usize,
+        /// Lloyd iterations per k-means restart at most.
+        #[arg(long, default_value_t = 50)]
+        kmeans_iters: usize,
+        /// Seed of k-means.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Compute the HIST loss and its gradients on tensors from a safetensors file.
     InspectLoss {
@@ -120,7 +151,7 @@ fn resolve_config(path: Option<&PathBuf>, overrides: &[String]) -> hist::Result<
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Train { config, run_dir, overrides, resume } => {
+        Command::Train { config, run_dir, overrides, resume, restart } => {
             let mut config = resolve_config(config.as_ref(), &overrides)?;
             let env = DistEnv::from_process_env()?;
             if config.device == "cuda" {
@@ -129,7 +160,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             let device = hist::train::trainer::resolve_device(&config)?;
             // Only rank 0 picks (and later writes) the run directory.
-            let dir = if env.rank == 0 { Some(choose_run_dir(run_dir.as_deref(), &config.name, resume)?) } else { None };
+            let dir = if env.rank == 0 { Some(choose_run_dir(run_dir.as_deref(), &config.name, resume, restart)?) } else { None };
             if let Some(d) = &dir {
                 println!("run directory: {}", d.display());
             }
@@ -148,6 +179,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::ShowConfig { config, overrides } => {
             let config = resolve_config(config.as_ref(), &overrides)?;
             print!("{}", serde_yaml_ng::to_string(&config).context("serialising the config")?);
+        }
+        Command::Eval { embeddings, ks, json, chunk, device, kmeans_restarts, kmeans_iters, seed } => {
+            let path = embeddings.context("give --embeddings FILE.safetensors")?;
+            let args = hist::tools::eval_embeddings::EvalArgs { ks, json, chunk, device, kmeans_restarts, kmeans_iters, seed };
+            hist::tools::eval_embeddings::run(&path, &args)?
         }
         Command::InspectLoss { input, output } => hist::tools::inspect_loss::run(&input, &output)?,
         Command::NcclCheck => hist::tools::nccl_check::run()?,

@@ -34,6 +34,10 @@ pub struct Args {
     /// Run directory passed to the workers (default: the worker's runs/<name>).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
+    /// After a worker fails, restart the whole job from the run's latest valid checkpoint up
+    /// to this many times (single node; needs --run-dir so every restart finds the run).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub max_restarts: usize,
     /// Resume the newest unfinished run of the config's name from its latest checkpoint
     /// (passed to every worker as `hist train --resume`).
     #[arg(long)]
@@ -63,6 +67,7 @@ impl Default for Args {
             master_port: None,
             run_dir: None,
             resume: false,
+            max_restarts: 0,
             worker: None,
             join_timeout: DEFAULT_JOIN_TIMEOUT_S,
             config: None,

@@ -61,20 +61,37 @@ fn launch(args: &Args) -> Result<i32> {
     runtime.block_on(run(plan))
 }
 
-async fn run(plan: Plan) -> Result<i32> {
-    let signals = StopSignals::install()?;
-    let (server, master_port) = host::host_rendezvous(&plan)?;
-    let contract = Contract {
-        world_size: plan.world_size(),
-        local_world_size: plan.per_node,
-        node_rank: plan.node_rank,
-        master_addr: plan.master_addr.clone(),
-        master_port,
-        secret: plan.secret.clone(),
-        join_timeout: plan.join_timeout,
-    };
-    let status = supervise::supervise(&plan.worker, &contract, signals).await?;
-    // Serve until every local worker is gone: ranks on other nodes may still need it.
-    drop(server);
-    Ok(status)
+async fn run(mut plan: Plan) -> Result<i32> {
+    let mut signals = StopSignals::install()?;
+    let mut worker = plan.worker.clone();
+    let mut restarts = 0usize;
+    loop {
+        // A fresh rendezvous per attempt: the old one's keys and barriers belong to the
+        // workers that died. Later attempts reuse the first attempt's port.
+        let (server, master_port) = host::host_rendezvous(&plan)?;
+        plan.master_port = master_port;
+        let contract = Contract {
+            world_size: plan.world_size(),
+            local_world_size: plan.per_node,
+            node_rank: plan.node_rank,
+            master_addr: plan.master_addr.clone(),
+            master_port,
+            secret: plan.secret.clone(),
+            join_timeout: plan.join_timeout,
+        };
+        let finish = supervise::supervise(&worker, &contract, &mut signals).await?;
+        // Serve until every local worker is gone: ranks on other nodes may still need it.
+        drop(server);
+        match finish {
+            supervise::Finish::Failed(_) if restarts < plan.max_restarts => {
+                restarts += 1;
+                say(&format!(
+                    "restarting the job from its latest checkpoint (restart {restarts} of {})",
+                    plan.max_restarts
+                ));
+                worker = plan.worker.for_restart();
+            }
+            other => return Ok(other.status()),
+        }
+    }
 }

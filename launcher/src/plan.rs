@@ -33,6 +33,8 @@ pub struct Plan {
     pub join_timeout: Duration,
     /// What every worker runs.
     pub worker: WorkerCommand,
+    /// Restarts allowed after a worker failure.
+    pub max_restarts: usize,
 }
 
 impl Plan {
@@ -93,6 +95,12 @@ pub fn resolve(args: &Args, inputs: &Inputs) -> Result<Plan> {
         ),
     };
     let gpu = args.gpus.is_some();
+    if args.max_restarts > 0 && nnodes > 1 {
+        bail!("--max-restarts restarts this node's workers only; across nodes let the scheduler requeue the job (docs/launcher.md)");
+    }
+    if args.max_restarts > 0 && args.run_dir.is_none() {
+        bail!("--max-restarts needs --run-dir, so that every restart resumes the same run from its checkpoints");
+    }
     Ok(Plan {
         per_node,
         nnodes,
@@ -103,6 +111,7 @@ pub fn resolve(args: &Args, inputs: &Inputs) -> Result<Plan> {
         secret,
         join_timeout: Duration::from_secs(args.join_timeout),
         worker: WorkerCommand::from_args(args, gpu)?,
+        max_restarts: args.max_restarts,
     })
 }
 

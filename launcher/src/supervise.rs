@@ -90,7 +90,28 @@ enum Ending {
 
 /// Starts every worker of this node, supervises them and returns the launcher's exit
 /// status (0 when all succeed; see docs/launcher.md for the rest).
-pub async fn supervise(worker: &WorkerCommand, contract: &Contract, mut signals: StopSignals) -> Result<i32> {
+/// How a run of the job's workers ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Every worker exited 0.
+    Success,
+    /// Stopped on the launcher's SIGINT/SIGTERM; the launcher's exit status.
+    Stopped(i32),
+    /// A worker failed; the failed worker's status (or 128 + signal).
+    Failed(i32),
+}
+
+impl Finish {
+    /// The launcher's exit status for this ending.
+    pub fn status(self) -> i32 {
+        match self {
+            Finish::Success => 0,
+            Finish::Stopped(s) | Finish::Failed(s) => s,
+        }
+    }
+}
+
+pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mut StopSignals) -> Result<Finish> {
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Outcome)>();
     let mut workers: Vec<Running> = Vec::with_capacity(contract.local_world_size);
     for local_rank in 0..contract.local_world_size {
@@ -187,11 +208,11 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, mut signals:
 
     drain(&mut workers).await;
     Ok(match ending {
-        Ending::No => 0,
-        Ending::Signal(stop) => stop.exit_status(),
+        Ending::No => Finish::Success,
+        Ending::Signal(stop) => Finish::Stopped(stop.exit_status()),
         Ending::Failure(index, outcome) => {
             report_failure(&workers[index], &outcome);
-            outcome.exit_status()
+            Finish::Failed(outcome.exit_status())
         }
     })
 }

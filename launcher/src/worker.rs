@@ -47,6 +47,16 @@ impl WorkerCommand {
         Ok(WorkerCommand { program: worker_path(args.worker.as_deref())?, args: argv, gpu })
     }
 
+    /// The command for a restart: the worker resumes its run directory's latest checkpoint,
+    /// or starts the run afresh there if it failed before the first one.
+    pub fn for_restart(&self) -> WorkerCommand {
+        let mut next = self.clone();
+        if !next.args.iter().any(|a| a == "--restart") {
+            next.args.push("--restart".into());
+        }
+        next
+    }
+
     /// The argument list for the worker with this local rank.
     pub fn args_for(&self, local_rank: usize) -> Vec<OsString> {
         let mut argv = self.args.clone();

@@ -189,7 +189,7 @@ fn finished_run(dir: &Path, sets: &[&str]) -> (Vec<u8>, String) {
 
 #[test]
 fn sigterm_then_resume_gives_the_uninterrupted_result() {
-    let sets = ["train.epochs=20", "train.print_every=1", "model.bn=frozen", "checkpoint.every_steps=2"];
+    let sets = ["train.epochs=8", "train.print_every=1", "model.bn=frozen", "checkpoint.every_steps=2"];
     let tmp = tempfile::tempdir().expect("tempdir");
     let (want_params, want_metrics) = finished_run(&tmp.path().join("straight"), &sets);
 
@@ -216,4 +216,44 @@ fn sigterm_then_resume_gives_the_uninterrupted_result() {
     let (got_params, got_metrics) = finished_run(&dir, &sets);
     assert!(got_params == want_params, "resumed parameters differ from the uninterrupted run");
     assert_eq!(got_metrics, want_metrics, "metrics.jsonl has duplicated or missing records");
+}
+
+#[test]
+fn sigkilled_worker_with_max_restarts_gives_the_uninterrupted_result() {
+    let sets = ["train.epochs=8", "train.print_every=1", "model.bn=frozen", "checkpoint.every_steps=2"];
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (want_params, want_metrics) = finished_run(&tmp.path().join("straight"), &sets);
+
+    let dir = tmp.path().join("restarted");
+    let mut cmd = launcher();
+    cmd.args(["--nproc", "2", "--max-restarts", "1", "--run-dir"]).arg(&dir);
+    with_sets(&mut cmd, SMALL);
+    with_sets(&mut cmd, &sets);
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hist-launch");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // A step chosen from the clock, so the kill lands at varying points (between checkpoints too).
+    let kill_step = 5 + (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 6);
+    let marker = format!("[rank 0] step {kill_step} ");
+    loop {
+        let line = lines.next().expect("output ended early").expect("read");
+        if line.contains(&marker) {
+            break;
+        }
+    }
+    let workers = children_with_rank(child.id());
+    let victim = workers.iter().find(|(_, r)| r.as_deref() == Some("1")).map(|(p, _)| *p).expect("rank 1 worker");
+    // SAFETY: plain kill(2) on a pid we just read from /proc.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let _: Vec<String> = lines.map_while(std::result::Result::ok).collect();
+    let status = child.wait().expect("wait");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(status.success(), "killed at step {kill_step}; the restarted job failed: {err}");
+    assert!(err.contains("restarting the job from its latest checkpoint (restart 1 of 1)"), "{err}");
+    let got_params = std::fs::read(dir.join("final.safetensors")).expect("final.safetensors");
+    let got_metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl");
+    assert!(got_params == want_params, "killed at step {kill_step}: parameters differ from the uninterrupted run");
+    assert_eq!(got_metrics, want_metrics, "killed at step {kill_step}: metrics.jsonl differs");
 }

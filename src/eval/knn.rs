@@ -7,8 +7,10 @@
 //! Order: neighbours are sorted by similarity, largest first; equal similarities are
 //! ordered by gallery position, smallest first. This holds everywhere, including at the
 //! K boundary: when a group of equal similarities straddles position K, the members with
-//! the smallest gallery positions are the ones kept. "Equal" means bit-equal as computed;
-//! bit-identical embedding rows give bit-equal similarities (docs/evaluation.md).
+//! the smallest gallery positions are the ones kept. "Equal" means bit-equal as computed.
+//! Bit-identical gallery rows always tie: similarities are computed once per distinct
+//! gallery row and copied to its duplicates, because a BLAS may round the same dot
+//! product differently in different columns of one matrix product (OpenBLAS does).
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{HistError, Result};
@@ -111,13 +113,13 @@ where
         return Ok(());
     }
     let device = queries.device();
-    let gallery_t = normalize_rows(gallery, options.kind).tr();
+    let distinct = DistinctRows::of(gallery, options.kind);
     let chunk = options.queries_per_chunk(g);
     let mut start = 0;
     while start < n {
         let m = chunk.min(n - start);
         let q = normalize_rows(&queries.narrow(0, start, m), options.kind);
-        let mut sims = q.matmul(&gallery_t);
+        let mut sims = distinct.similarities(&q);
         if let Some(pos) = self_positions {
             exclude_self(&mut sims, &pos[start as usize..(start + m) as usize], device);
         }
@@ -126,6 +128,34 @@ where
         start += m;
     }
     Ok(())
+}
+
+/// The gallery as its distinct rows (normalised, transposed) and, when some rows repeat,
+/// the distinct row of each gallery position.
+struct DistinctRows {
+    rows_t: Tensor,
+    inverse: Option<Tensor>,
+}
+
+impl DistinctRows {
+    fn of(gallery: &Tensor, kind: Kind) -> Self {
+        let g = gallery.to_kind(kind);
+        let (unique, inverse, _) = g.unique_dim(0, false, true, false);
+        if unique.size()[0] == g.size()[0] {
+            // No duplicates: skip the per-chunk column gather.
+            return DistinctRows { rows_t: normalize_rows(&g, kind).tr(), inverse: None };
+        }
+        DistinctRows { rows_t: normalize_rows(&unique, kind).tr(), inverse: Some(inverse) }
+    }
+
+    /// Cosine similarities [m, G] of unit-norm queries `q` [m, D] to every gallery row.
+    fn similarities(&self, q: &Tensor) -> Tensor {
+        let s = q.matmul(&self.rows_t);
+        match &self.inverse {
+            Some(inv) => s.index_select(1, inv),
+            None => s,
+        }
+    }
 }
 
 /// All neighbours at once, [N, k] each: convenient for small sets and tests.

@@ -64,6 +64,12 @@ impl RunLogger {
         self.tensorboard.add_scalar(tag, value, step as i64)
     }
 
+    /// A text note in TensorBoard (e.g. that the run resumed) at `step`.
+    pub fn text(&mut self, tag: &str, text: &str, step: usize) -> Result<()> {
+        self.tensorboard.add_text(tag, text, step as i64)?;
+        self.tensorboard.flush()
+    }
+
     /// Appends an epoch record to `metrics.jsonl` and its recalls to TensorBoard.
     pub fn epoch(&mut self, record: &EpochRecord) -> Result<()> {
         for (k, r) in &record.recall {

@@ -32,13 +32,16 @@ pub fn has_checkpoints(dir: &Path) -> bool {
 ///   if it holds a finished run, or a started one that cannot be resumed.
 /// - `resume` without `explicit`: the newest unfinished `runs/<name>[-N]` with checkpoints.
 /// - otherwise a new `runs/<name>`, `runs/<name>-2`, … so that earlier runs are kept.
-pub fn choose_run_dir(explicit: Option<&Path>, name: &str, resume: bool) -> Result<PathBuf> {
+///
+/// `restart` (set by the launcher after a failure) also accepts an explicit directory whose
+/// run started but failed before its first checkpoint: it starts again there.
+pub fn choose_run_dir(explicit: Option<&Path>, name: &str, resume: bool, restart: bool) -> Result<PathBuf> {
     let refuse = |dir: &Path, message: &str| Err(HistError::Io { path: dir.to_path_buf(), message: message.to_string() });
     if let Some(dir) = explicit {
         if finished(dir) {
             return refuse(dir, "already holds a finished run (final.safetensors); pass another --run-dir or move it away");
         }
-        if started(dir) && !has_checkpoints(dir) {
+        if started(dir) && !has_checkpoints(dir) && !restart {
             return refuse(dir, "already holds a run without checkpoints to resume; pass another --run-dir or move it away");
         }
         if resume && !has_checkpoints(dir) {
@@ -110,4 +113,13 @@ pub fn truncate_metrics_after(dir: &Path, global_step: usize) -> Result<()> {
         out.push('\n');
     }
     fs::write(&path, out).map_err(|e| HistError::io(&path, e))
+}
+
+/// Empties `metrics.jsonl` for a run that starts again from nothing after a failure.
+pub fn clear_metrics(dir: &Path) -> Result<()> {
+    let path = dir.join(STARTED_MARKER);
+    if path.exists() {
+        fs::write(&path, "").map_err(|e| HistError::io(&path, e))?;
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Worker sub-commands that are tools rather than training.
 pub mod bench_collectives;
 pub mod bench_loss;
+pub mod eval_embeddings;
 pub mod inspect_loss;
 pub mod nccl_check;

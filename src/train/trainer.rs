@@ -21,7 +21,7 @@ use crate::eval::{embed_sharded, recall_at_k};
 use crate::loss::{HistHyper, HistLoss};
 use crate::model::EmbeddingModel;
 use crate::telemetry::metrics::{EpochRecord, RunLogger};
-use crate::telemetry::run_dir::{prepare_run_dir, truncate_metrics_after};
+use crate::telemetry::run_dir::{clear_metrics, prepare_run_dir, truncate_metrics_after};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -190,6 +190,14 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         if let Some(dir) = run_dir {
             truncate_metrics_after(dir, point.global_step)?;
         }
+        if let Some(l) = logger.as_mut() {
+            let note = format!("resumed from {} at step {}", path.display(), point.global_step);
+            l.text("run/resumed", &note, point.global_step)?;
+            l.scalar("run/resumed_at_step", point.global_step as f64, point.global_step)?;
+        }
+    } else if let Some(dir) = run_dir {
+        // A restart of a run that failed before its first checkpoint begins again.
+        clear_metrics(dir)?;
     }
 
     let mut initial_recall = None;

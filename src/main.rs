@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use hist::config::{load_config, load_config_str, Config, ConfigSource};
 use hist::dist::env::DistEnv;
 use hist::dist::process_group::ProcessGroup;
-use hist::train::stop::StopFlag;
+use hist::train::stop::{StopFlag, StopReason};
 use hist::telemetry::run_dir::choose_run_dir;
 
 /// The embedded default config (configs/demo.yaml).
@@ -170,6 +170,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let stop = StopFlag::install()?;
             let summary = hist::train::train(&config, pg.collectives(), dir.as_deref(), &stop)?;
             if let Some(reason) = summary.stopped {
+                if reason == StopReason::Preempt && dir.is_some() {
+                    requeue_under_slurm();
+                }
                 return Ok(ExitCode::from(reason.exit_code()));
             }
             if let Some(d) = &dir {
@@ -200,6 +203,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// After SIGUSR1 (SLURM's `--signal=USR1@N` warning) and a checkpoint, asks SLURM to put
+/// the job back in the queue; the requeued job resumes from that checkpoint.
+fn requeue_under_slurm() {
+    let Ok(job) = std::env::var("SLURM_JOB_ID") else {
+        eprintln!("SIGUSR1: checkpoint written; not under SLURM, so nothing to requeue");
+        return;
+    };
+    match std::process::Command::new("scontrol").args(["requeue", &job]).status() {
+        Ok(s) if s.success() => println!("SIGUSR1: checkpoint written; requeued SLURM job {job}"),
+        Ok(s) => eprintln!("warning: `scontrol requeue {job}` failed ({s}); resume by hand with --resume"),
+        Err(e) => eprintln!("warning: cannot run scontrol ({e}); resume by hand with --resume"),
+    }
 }
 
 fn main() -> ExitCode {

@@ -50,9 +50,12 @@ pub struct EvalInput {
 
 /// Reads and checks `path`; every problem is a one-line error naming the tensor.
 pub fn load(path: &Path) -> Result<EvalInput> {
+    if !path.is_file() {
+        return Err(HistError::Io { path: path.to_path_buf(), message: "no such file; give the path of a .safetensors embeddings file".into() });
+    }
     let tensors = Tensor::read_safetensors(path).map_err(|e| HistError::Io {
         path: path.to_path_buf(),
-        message: format!("cannot read as safetensors ({e}); give a file written by safetensors with tensors {TENSOR_NAMES:?}"),
+        message: format!("cannot read as safetensors ({e}); give a safetensors file with tensors {TENSOR_NAMES:?}"),
     })?;
     let mut named: HashMap<String, Tensor> = tensors.into_iter().collect();
     if let Some(extra) = named.keys().find(|k| !TENSOR_NAMES.contains(&k.as_str())) {

@@ -180,6 +180,13 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     if let Some(path) = choose_checkpoint(pg, checkpoints.store(), device)? {
         let loaded = load_compatible(&path, &compat(config, classes))?;
         point = restore(&loaded, &state, &mut optimizer)?;
+        if loaded.meta.world_size != pg.world_size() {
+            say(&format!(
+                "the checkpoint was written by {} rank(s); continuing with {} (the batch plan does not depend on the world size)",
+                loaded.meta.world_size,
+                pg.world_size()
+            ));
+        }
         say(&format!(
             "resuming from {} at step {} (epoch {}, its step {})",
             path.display(),

@@ -58,11 +58,16 @@ fn eval_args(file: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// Runs `hist eval --json` on a case; returns the printed object.
+/// Runs `hist eval --json --ks KS` on a case; returns the printed object.
 fn cli_json(file: &Path, chunk: Option<usize>) -> Map<String, Value> {
     let ks = KS.map(|k| k.to_string()).join(",");
+    cli_json_with(file, chunk, &["--ks", &ks, "--kmeans-restarts", "3", "--kmeans-iters", "50", "--seed", "0"])
+}
+
+fn cli_json_with(file: &Path, chunk: Option<usize>, flags: &[&str]) -> Map<String, Value> {
     let chunk = chunk.map(|c| c.to_string());
-    let mut extra = vec!["--json", "--ks", &ks, "--kmeans-restarts", "3", "--kmeans-iters", "50", "--seed", "0"];
+    let mut extra = vec!["--json"];
+    extra.extend(flags);
     if let Some(c) = &chunk {
         extra.extend(["--chunk", c]);
     }
@@ -84,6 +89,9 @@ fn metrics_match_the_reference() {
     reference(&["gen", dir_str]);
 
     let mut ours: HashMap<&str, (Map<String, Value>, usize)> = HashMap::new();
+    // Small K only: the search then stops at depth max(K, R) below the gallery size, so
+    // groups of equal similarities straddle the cut (the boundary tie-breaking path).
+    let mut shallow: HashMap<&str, Map<String, Value>> = HashMap::new();
     for (name, chunk) in CASES {
         let file: PathBuf = dir.path().join(format!("{name}.safetensors"));
         let json = cli_json(&file, chunk);
@@ -101,6 +109,7 @@ fn metrics_match_the_reference() {
         let clusters_file = dir.path().join(format!("{name}.clusters.safetensors"));
         Tensor::write_safetensors(&[("clusters", Tensor::from_slice(&clusters))], &clusters_file).expect("write clusters");
         ours.insert(name, (json, report.retrieval.lone_queries));
+        shallow.insert(name, cli_json_with(&file, chunk.map(|c| c + 1), &["--ks", "1,2,4", "--kmeans-restarts", "0"]));
     }
 
     let out = reference(&["check", dir_str]);
@@ -132,6 +141,9 @@ fn metrics_match_the_reference() {
             close(name, &format!("{pml} mean_average_precision_at_r"), mine("map@r"), num(&r[pml]["mean_average_precision_at_r"], "map"));
         }
         close(name, "nmi (sklearn on our clusters)", mine("nmi"), num(&r["nmi_sklearn"], "nmi"));
+        for key in ["recall@1", "recall@2", "recall@4", "map@r", "r_precision"] {
+            close(name, &format!("numpy {key}, search depth max(4, R)"), num(&shallow[name][key], key), num(&r["numpy"][key], key));
+        }
     }
     assert!(failures.is_empty(), "disagreements with the reference:\n{}", failures.join("\n"));
     // Well-separated blobs: k-means must find the classes, and retrieval is perfect.

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{HistError, Result};
 
 /// Default budget of similarities per chunk (queries per chunk × gallery size): 2^26,
-/// about 1 GiB at peak with float64 similarities and the masks of the tie handling.
+/// 0.5 GiB of float64 similarities, up to ~1.5 GiB with the masks of the tie handling.
 pub const DEFAULT_CHUNK_ELEMENTS: i64 = 1 << 26;
 
 /// Norm floor of the row normalisation, as torch.nn.functional.normalize.
@@ -26,7 +26,8 @@ pub const NORM_EPS: f64 = 1e-12;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KnnOptions {
     /// Queries per chunk; `None` picks ⌊[`DEFAULT_CHUNK_ELEMENTS`] / G⌋ (at least 1).
-    /// Peak memory is about 16 bytes × chunk × G on the tensors' device.
+    /// Per chunk, about 9 bytes × chunk × G on the tensors' device (float64), up to ~24
+    /// when ties straddle the cut or gallery rows repeat.
     pub chunk: Option<usize>,
     /// Float kind the similarities are computed in. Float64 (the default) makes rankings
     /// independent of float32 rounding, so CPU, CUDA and the Python reference agree.

@@ -27,6 +27,8 @@ py_requirements=(
   "pytorch-metric-learning"
   "scikit-learn"
   "faiss-cpu"
+  "torchvision==0.26.0"
+  "pillow"
 )
 requirements_key="$(printf '%s\n' "${py_requirements[@]}" | sha256sum | cut -c1-16)"
 

@@ -10,11 +10,13 @@ pub enum Stop {
     Interrupt,
     /// SIGTERM (kill, a scheduler's time limit, scancel).
     Terminate,
+    /// SIGUSR1 (SLURM's `--signal=USR1@N` warning before preemption or the time limit).
+    Preempt,
 }
 
 impl Stop {
     /// The launcher's exit status after stopping for this signal: 128 + its number, the
-    /// shell convention (130 for SIGINT, 143 for SIGTERM).
+    /// shell convention (130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1).
     pub fn exit_status(self) -> i32 {
         128 + self.number()
     }
@@ -24,22 +26,35 @@ impl Stop {
         match self {
             Stop::Interrupt => libc::SIGINT,
             Stop::Terminate => libc::SIGTERM,
+            Stop::Preempt => libc::SIGUSR1,
         }
     }
 
-    /// "SIGINT" or "SIGTERM".
+    /// The signal workers get: SIGUSR1 is passed on as it is, because it asks for more than
+    /// a stop (a checkpoint, then rank 0 requeues the SLURM job); SIGINT becomes SIGTERM,
+    /// which every worker treats as "checkpoint and stop".
+    pub fn forwarded(self) -> i32 {
+        match self {
+            Stop::Interrupt | Stop::Terminate => libc::SIGTERM,
+            Stop::Preempt => libc::SIGUSR1,
+        }
+    }
+
+    /// "SIGINT", "SIGTERM" or "SIGUSR1".
     pub fn name(self) -> &'static str {
         match self {
             Stop::Interrupt => "SIGINT",
             Stop::Terminate => "SIGTERM",
+            Stop::Preempt => "SIGUSR1",
         }
     }
 }
 
-/// Catches SIGINT and SIGTERM from the moment it is created.
+/// Catches SIGINT, SIGTERM and SIGUSR1 from the moment it is created.
 pub struct StopSignals {
     interrupt: Signal,
     terminate: Signal,
+    preempt: Signal,
 }
 
 impl StopSignals {
@@ -48,7 +63,8 @@ impl StopSignals {
     pub fn install() -> Result<Self> {
         let interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         let terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-        Ok(StopSignals { interrupt, terminate })
+        let preempt = signal(SignalKind::user_defined1()).context("cannot install the SIGUSR1 handler")?;
+        Ok(StopSignals { interrupt, terminate, preempt })
     }
 
     /// Waits for the next stop signal.
@@ -56,6 +72,7 @@ impl StopSignals {
         tokio::select! {
             _ = self.interrupt.recv() => Stop::Interrupt,
             _ = self.terminate.recv() => Stop::Terminate,
+            _ = self.preempt.recv() => Stop::Preempt,
         }
     }
 }

@@ -180,12 +180,19 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mu
             }
             stop = signals.recv() => match ending {
                 Ending::No => {
+                    let forwarded = Stop::forwarded(stop);
+                    let again = if stop == Stop::Preempt { "SIGINT or SIGTERM".to_string() } else { stop.name().to_string() };
                     say(&format!(
-                        "{}: sending SIGTERM to {} worker(s) and waiting for them; {} again kills them",
-                        stop.name(), live.len(), stop.name()
+                        "{}: sending {} to {} worker(s) and waiting for them; {again} again kills them",
+                        stop.name(), signal_name(forwarded), live.len()
                     ));
-                    signal_all(&workers, &live, libc::SIGTERM);
+                    signal_all(&workers, &live, forwarded);
                     ending = Ending::Signal(stop);
+                }
+                // SLURM may signal every process of the step, and some sites send the
+                // warning more than once: a repeated SIGUSR1 is not a request to hurry.
+                _ if stop == Stop::Preempt => {
+                    say("SIGUSR1 while stopping: ignored (the workers are already checkpointing)");
                 }
                 _ => {
                     say(&format!("{} while stopping: sending SIGKILL to {} worker(s)", stop.name(), live.len()));
@@ -220,8 +227,9 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mu
 /// Workers killed by the SIGTERM/SIGKILL we forwarded, or exiting non-zero after
 /// handling it, are doing what they were told; anything else is worth a line.
 fn stopped_as_asked(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Signalled(s) if *s == libc::SIGTERM || *s == libc::SIGKILL || *s == libc::SIGINT)
-        || matches!(outcome, Outcome::Exited(c) if *c == 128 + libc::SIGTERM || *c == 128 + libc::SIGINT)
+    let asked = [libc::SIGTERM, libc::SIGKILL, libc::SIGINT, libc::SIGUSR1];
+    matches!(outcome, Outcome::Signalled(s) if asked.contains(s))
+        || matches!(outcome, Outcome::Exited(c) if asked.iter().any(|s| *c == 128 + s))
 }
 
 fn signal_all(workers: &[Running], which: &BTreeSet<usize>, signal: libc::c_int) {

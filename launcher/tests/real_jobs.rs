@@ -257,3 +257,100 @@ fn sigkilled_worker_with_max_restarts_gives_the_uninterrupted_result() {
     assert!(got_params == want_params, "killed at step {kill_step}: parameters differ from the uninterrupted run");
     assert_eq!(got_metrics, want_metrics, "killed at step {kill_step}: metrics.jsonl differs");
 }
+
+/// Starts a 2-rank job in `dir` and sends `signal` to the launcher once rank 0 has printed
+/// step 5 (mid-epoch: 4 steps per epoch); returns the launcher's exit status.
+fn interrupt_at_step_5(dir: &Path, sets: &[&str], signal: i32, env: &[(&str, &str)]) -> Option<i32> {
+    let mut cmd = launcher();
+    cmd.args(["--nproc", "2", "--master-port", "0", "--run-dir"]).arg(dir);
+    with_sets(&mut cmd, SMALL);
+    with_sets(&mut cmd, sets);
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn hist-launch");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    loop {
+        let line = lines.next().expect("output ended early").expect("read");
+        if line.contains("[rank 0] step 5 ") {
+            break;
+        }
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let _: Vec<String> = lines.map_while(std::result::Result::ok).collect();
+    child.wait().expect("wait").code()
+}
+
+#[test]
+fn sigusr1_under_slurm_checkpoints_requeues_and_the_requeued_job_resumes_exactly() {
+    let sets = ["train.epochs=8", "train.print_every=1", "model.bn=frozen", "checkpoint.every_steps=100"];
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (want_params, want_metrics) = finished_run(&tmp.path().join("straight"), &sets);
+
+    // A stand-in for SLURM's scontrol that records how it was called.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir bin");
+    let calls = tmp.path().join("scontrol-calls");
+    let scontrol = bin.join("scontrol");
+    std::fs::write(&scontrol, format!("#!/bin/sh\necho \"$@\" >> '{}'\n", calls.display())).expect("write scontrol");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+
+    let dir = tmp.path().join("preempted");
+    let env = [("SLURM_JOB_ID", "4242"), ("SLURM_NNODES", "1"), ("SLURM_NODEID", "0"), ("PATH", path.as_str())];
+    let status = interrupt_at_step_5(&dir, &sets, libc::SIGUSR1, &env);
+    assert_eq!(status, Some(138), "the launcher reports the preemption stop");
+    let recorded = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert_eq!(recorded.trim(), "requeue 4242", "rank 0 (only) asks SLURM to requeue the job");
+    assert!(!dir.join("final.safetensors").exists(), "a preempted run must not look finished");
+    // No periodic checkpoint before step 100: what exists was written on SIGUSR1.
+    let saved = std::fs::read_dir(dir.join("checkpoints")).expect("checkpoints/").count();
+    assert!(saved >= 1, "SIGUSR1 wrote a checkpoint");
+
+    // The requeued job: same command, same run directory.
+    let (got_params, got_metrics) = finished_run(&dir, &sets);
+    assert!(got_params == want_params, "resumed parameters differ from the uninterrupted run");
+    assert_eq!(got_metrics, want_metrics, "metrics.jsonl has duplicated or missing records");
+}
+
+/// Largest max|a - b| / max|b| over the tensors of two safetensors files (relative to each
+/// tensor's scale, so entries near zero do not blow it up), computed by the project's Python.
+fn max_relative_difference(a: &Path, b: &Path) -> f64 {
+    let python = std::env::var("HIST_PYTHON").expect("HIST_PYTHON (run scripts/setup.sh)");
+    let script = "import sys, numpy as np\n\
+from safetensors.numpy import load_file\n\
+a, b = load_file(sys.argv[1]), load_file(sys.argv[2])\n\
+assert a.keys() == b.keys(), sorted(set(a) ^ set(b))\n\
+print(max(float(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(b[k])), 1e-12)) if a[k].size else 0.0 for k in a))\n";
+    let out = Command::new(python).arg("-c").arg(script).arg(a).arg(b).output().expect("run python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a number")
+}
+
+#[test]
+fn a_two_rank_run_resumed_on_one_rank_matches_the_one_rank_run() {
+    // f64 so that the only differences left are summation order (design §3's invariant).
+    let sets = ["train.epochs=4", "train.print_every=1", "model.bn=frozen", "checkpoint.every_steps=100", "dtype=f64"];
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let straight = tmp.path().join("one-rank");
+    let mut cmd = launcher();
+    cmd.args(["--nproc", "1", "--run-dir"]).arg(&straight);
+    with_sets(&mut cmd, SMALL);
+    with_sets(&mut cmd, &sets);
+    let out = cmd.output().expect("run hist-launch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let dir = tmp.path().join("two-then-one");
+    assert_eq!(interrupt_at_step_5(&dir, &sets, libc::SIGTERM, &[]), Some(143));
+    let mut cmd = launcher();
+    cmd.args(["--nproc", "1", "--run-dir"]).arg(&dir);
+    with_sets(&mut cmd, SMALL);
+    with_sets(&mut cmd, &sets);
+    let out = cmd.output().expect("run hist-launch");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("world size"), "the worker says the world size changed: {stdout}");
+    let diff = max_relative_difference(&dir.join("final.safetensors"), &straight.join("final.safetensors"));
+    eprintln!("2 ranks → 1 rank resume vs 1 rank throughout: max relative difference {diff:e}");
+    assert!(diff < 1e-9, "max relative difference {diff:e}");
+}

@@ -360,3 +360,37 @@ fn impossible_requests_are_one_line_errors() {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn sigusr1_reaches_every_worker_as_sigusr1_and_a_repeat_does_not_kill() {
+    // SLURM's `--signal=USR1@N` warning: workers must get SIGUSR1 itself (they checkpoint
+    // and rank 0 requeues the job), and the launcher exits 138 like the workers.
+    let fake = fake_worker(
+        r#"trap 'touch "$T/usr1.$RANK"; sleep 0.3; echo "rank $RANK checkpointed"; exit 138' USR1
+trap 'touch "$T/term.$RANK"; exit 143' TERM
+sleep 60 &
+printf '%s\n%s\n' $$ $! > "$T/pid.$RANK"
+wait
+wait
+"#,
+    );
+    let mut child = fake
+        .launcher(&["--nproc", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hist-launch");
+    fake.wait_for_files("pid.", 2);
+    signal(&child, libc::SIGUSR1);
+    fake.wait_for_files("usr1.", 2);
+    signal(&child, libc::SIGUSR1);
+    let out = wait_timeout(&mut child, Duration::from_secs(5));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(138), "{err}");
+    assert!(fake.files("term.").is_empty(), "no worker got SIGTERM: {err}");
+    assert!(text(&out.stdout).contains("[rank 1] rank 1 checkpointed"), "{}", text(&out.stdout));
+    assert!(err.contains("hist-launch: SIGUSR1: sending SIGUSR1 to 2 worker(s)"), "{err}");
+    assert!(err.contains("SIGUSR1 while stopping: ignored"), "{err}");
+    assert!(!err.contains("ended with"), "138 is how a worker answers SIGUSR1: {err}");
+    assert_all_dead(&fake.pids(), Duration::from_millis(500));
+}

@@ -53,6 +53,10 @@ pub struct Args {
     /// Override a config key, e.g. --set train.epochs=3 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Instead of training, run every worker as `hist <ARGS>`, e.g.
+    /// `hist-launch --nproc 2 -- eval --checkpoint runs/x/checkpoints/best configs/cub.yaml`.
+    #[arg(last = true, value_name = "ARGS")]
+    pub worker_args: Vec<String>,
 }
 
 impl Default for Args {
@@ -68,6 +72,7 @@ impl Default for Args {
             run_dir: None,
             resume: false,
             max_restarts: 0,
+            worker_args: Vec::new(),
             worker: None,
             join_timeout: DEFAULT_JOIN_TIMEOUT_S,
             config: None,

@@ -31,6 +31,9 @@ impl WorkerCommand {
                 bail!("--set {o} conflicts with --gpus, which gives rank i the device cuda:i; drop the --set");
             }
         }
+        if !args.worker_args.is_empty() {
+            return Self::custom(args, gpu);
+        }
         let mut argv: Vec<OsString> = vec!["train".into()];
         if let Some(config) = &args.config {
             argv.extend(["--config".into(), config.clone().into_os_string()]);
@@ -44,6 +47,26 @@ impl WorkerCommand {
         for o in &args.overrides {
             argv.extend(["--set".into(), o.into()]);
         }
+        Ok(WorkerCommand { program: worker_path(args.worker.as_deref())?, args: argv, gpu })
+    }
+
+    /// Workers run the subcommand given after `--` (e.g. `eval --checkpoint …`); the
+    /// training options would be silently ignored, so they are refused.
+    fn custom(args: &Args, gpu: bool) -> Result<Self> {
+        let training_options = [
+            (args.config.is_some(), "CONFIG"),
+            (args.run_dir.is_some(), "--run-dir"),
+            (args.resume, "--resume"),
+            (!args.overrides.is_empty(), "--set"),
+            (args.max_restarts > 0, "--max-restarts"),
+        ];
+        if let Some((_, name)) = training_options.iter().find(|(given, _)| *given) {
+            bail!("{name} is a training option but the workers run `hist {}`; put it after -- where that command accepts it", args.worker_args.join(" "));
+        }
+        if gpu && args.worker_args.iter().any(|a| a.starts_with("device=")) {
+            bail!("a device=… override conflicts with --gpus, which gives rank i the device cuda:i; drop it");
+        }
+        let argv = args.worker_args.iter().map(OsString::from).collect();
         Ok(WorkerCommand { program: worker_path(args.worker.as_deref())?, args: argv, gpu })
     }
 
@@ -101,6 +124,23 @@ mod tests {
         assert_eq!(argv, ["train", "--run-dir", "runs/x", "--set", "train.epochs=1", "--set", "device=cuda:3"]);
         let cpu = WorkerCommand::from_args(&args(&[]), false).expect("valid");
         assert_eq!(cpu.args_for(3), ["train", "--run-dir", "runs/x"].map(OsString::from));
+    }
+
+    #[test]
+    fn workers_run_the_arguments_after_the_double_dash() {
+        let a = Args {
+            worker: Some(PathBuf::from("/bin/sh")),
+            worker_args: ["eval", "--checkpoint", "runs/x/checkpoints/best", "c.yaml"].map(String::from).to_vec(),
+            ..Args::default()
+        };
+        let w = WorkerCommand::from_args(&a, true).expect("valid");
+        assert_eq!(
+            w.args_for(1),
+            ["eval", "--checkpoint", "runs/x/checkpoints/best", "c.yaml", "--set", "device=cuda:1"].map(OsString::from)
+        );
+        let with_training_option = Args { run_dir: Some(PathBuf::from("runs/x")), ..a };
+        let err = WorkerCommand::from_args(&with_training_option, false).expect_err("refused").to_string();
+        assert!(err.contains("--run-dir is a training option but the workers run `hist eval"), "{err}");
     }
 
     #[test]

@@ -2,18 +2,24 @@
 """Retrieval evaluation benchmark at Stanford Online Products scale (60,502 test images,
 11,316 classes, 512-d embeddings): time, peak memory and agreement of
 
-  ours   `hist eval --embeddings` (src/eval/: exact chunked k-NN in float64 on the CPU,
-         deterministic ties, Recall@K + MAP@R + R-Precision; NMI skipped by default)
-  faiss  faiss-cpu IndexFlatIP (exact, float32) searching the 1,001 nearest of every
-         image, the metrics then computed with numpy from its neighbour lists,
+  ours      `hist eval --embeddings` (src/eval/: exact chunked k-NN, float32 products with
+            exact float64 re-scoring of near-ties, deterministic ties, Recall@K + MAP@R +
+            R-Precision; NMI skipped by default)
+  ours f64  the same with `--precision f64` (float64 products; must give identical metrics)
+  faiss     faiss-cpu IndexFlatIP (exact, float32) searching the 1,001 nearest of every
+            image, the metrics then computed with numpy from its neighbour lists
+  floor     the bare chunked float32 products alone (torch.mm into a reused buffer, the
+            same chunk as ours: ⌊2^26 / N⌋ queries): 2·N²·D ≈ 3.7 TFLOP at full size,
+            the work no exact search can skip,
 
 each in a fresh subprocess with the same thread count, on synthetic SOP-shaped
 embeddings (class sizes 2..12, class centre + noise σ = 2.2 for a mid-range Recall@1, seeded). Then writes (or replaces)
 the "## Retrieval evaluation" section of docs/benchmarks.md, keeping the others.
 
-Run from the repository root, after `cargo build --bin hist`:
+Run from the repository root, after `cargo build --bin hist`, on a quiet machine:
     $HIST_PYTHON scripts/bench_eval.py            # HIST_PYTHON: see .cargo/config.toml
-Options: --n, --classes, --d, --threads, --nmi (also time our k-means NMI, slow on a CPU).
+Options: --n, --classes, --d, --threads, --no-f64 (skip ours f64), --nmi (also time our
+k-means NMI with its defaults).
 
 Peak memory = the subprocess's own maximum resident set (ru_maxrss from wait4),
 which includes the loaded embeddings (N·D·4 B = 118 MiB at full size) and libraries.
@@ -87,6 +93,25 @@ def faiss_worker(path, threads):
     print(json.dumps(out))
 
 
+def floor_worker(path, threads):
+    """Child process: only the chunked float32 products ours computes; prints one JSON line."""
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(threads)
+    x = load_file(path)["embeddings"].float()
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    n = x.shape[0]
+    chunk = max(1, (1 << 26) // n)
+    out = torch.empty(min(chunk, n), n)
+    gt = x.T
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        q = x[start:start + chunk]
+        torch.mm(q, gt, out=out[: q.shape[0]])
+    print(json.dumps({"seconds": time.perf_counter() - t0, "chunk": chunk}))
+
+
 def run_child(cmd, threads):
     """Runs `cmd`; returns (its last stdout line as JSON, wall s, its own peak RSS MiB, CPU s)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -116,33 +141,53 @@ def git_rev():
         return "?"
 
 
-def section(a, ours, faiss_r, nmi, started, load0, load1, torch_version):
-    o, o_wall, o_peak, o_cpu = ours
-    f, f_wall, f_peak, f_cpu = faiss_r
+def section(a, runs, started, load0, load1, torch_version):
+    o, o_wall, o_peak, o_cpu = runs["ours"]
+    f, f_wall, f_peak, f_cpu = runs["faiss"]
+    fl, fl_wall, fl_peak, fl_cpu = runs["floor"]
     keys = [f"recall@{k}" for k in KS] + ["map@r", "r_precision"]
     diff = max(abs(o[k] - f[k]) for k in keys)
+    ks = ",".join(map(str, KS))
+    row = lambda name, r, wall: (f"| {name} | {wall} | {r[3]:.1f} | {r[2]:.0f} | {r[0]['recall@1']:.6f} | {r[0]['recall@1000']:.6f} | "
+                                 f"{r[0]['map@r']:.6f} | {r[0]['r_precision']:.6f} |")
     lines = [
         SECTION, "",
         f"Exact retrieval metrics of {a.n:,} embeddings × {a.d} (f32 on disk), {a.classes:,} classes of 2–12 images (SOP test-set shape), "
-        f"every image a query against all others; Recall@{{{','.join(map(str, KS))}}}, MAP@R and R-Precision; {a.threads} threads each, one fresh process each. "
+        f"every image a query against all others; Recall@{{{ks}}}, MAP@R and R-Precision; {a.threads} threads each, one fresh process each. "
         "Synthetic embeddings: class centre + Gaussian noise, seeded.",
         "",
-        f"- **ours**: `hist eval --embeddings F --json --ks {','.join(map(str, KS))} --kmeans-restarts 0` — chunked exact k-NN in float64 "
-        "(default chunk ⌊2^26/N⌋ queries), deterministic ties, metrics streamed per chunk. Time = the whole command (reading the file included).",
-        f"- **faiss**: faiss-cpu `IndexFlatIP` in float32, search of the {max(KS) + 1} nearest, metrics from its lists with numpy. Time = normalise + add + search + metrics.",
+        f"- **ours**: `hist eval --embeddings F --json --ks {ks} --kmeans-restarts 0` — chunked exact k-NN: float32 products "
+        f"(chunk ⌊2^26/N⌋ = {fl['chunk']} queries), candidates and near-ties chosen by a rigorous float32 error bound and re-scored in float64, "
+        "ties by gallery position; the metrics need only the ranks of each query's same-label entries. Time = the whole command "
+        "(process start and reading the file included).",
+        "- **ours f64**: the same with `--precision f64` (float64 products).",
+        f"- **faiss**: faiss-cpu `IndexFlatIP` in float32, search of the {max(KS) + 1} nearest, metrics from its lists with numpy. "
+        "Time = normalise + add + search + metrics (reading the file excluded).",
+        "- **floor**: the same chunked float32 products alone (`torch.mm` into a reused buffer), nothing else. Time = the products only.",
         "",
         "| | wall s | process CPU s | peak RSS MiB | recall@1 | recall@1000 | MAP@R | R-Precision |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| ours | {o_wall:.1f} | {o_cpu:.1f} | {o_peak:.0f} | {o['recall@1']:.6f} | {o['recall@1000']:.6f} | {o['map@r']:.6f} | {o['r_precision']:.6f} |",
-        f"| faiss | {f['seconds']:.1f} (search {f['search_seconds']:.1f}) | {f_cpu:.1f} | {f_peak:.0f} | {f['recall@1']:.6f} | {f['recall@1000']:.6f} | {f['map@r']:.6f} | {f['r_precision']:.6f} |",
-        "",
-        f"Largest difference over all {len(keys)} metrics: {diff:.2e} (faiss ranks in float32, so near-equal similarities may swap; ours ranks in float64). "
-        f"Ratio ours / faiss: wall {o_wall / f['seconds']:.2f}×, CPU {o_cpu / f_cpu:.2f}× (CPU time is the steadier figure on a shared machine; "
-        "ours does twice the arithmetic, float64 against float32). Process CPU and peak RSS cover the whole process: reading the file, and for ours "
-        "libtorch's own footprint (≈ 600 MiB with a tiny input).",
+        row("ours", runs["ours"], f"{o_wall:.1f}"),
     ]
-    if nmi is not None:
-        lines += ["", f"NMI (ours, k-means with k = {a.classes:,}, `--kmeans-restarts 1 --kmeans-iters 20`): {nmi[0]['nmi']:.4f} in {nmi[1]:.1f} s including the retrieval metrics."]
+    if "ours_f64" in runs:
+        lines.append(row("ours f64", runs["ours_f64"], f"{runs['ours_f64'][1]:.1f}"))
+    lines += [
+        row("faiss", runs["faiss"], f"{f['seconds']:.1f} (search {f['search_seconds']:.1f})"),
+        f"| floor | {fl['seconds']:.1f} (process {fl_wall:.1f}) | {fl_cpu:.1f} | {fl_peak:.0f} | | | | |",
+        "",
+        f"Ours against faiss: wall {o_wall / f['seconds']:.2f}×, CPU {o_cpu / f_cpu:.2f}×; against the floor: wall {o_wall / fl['seconds']:.2f}× "
+        f"(goal: ≤ 1.0× faiss, ≤ 1.3× floor). Largest metric difference ours − faiss: {diff:.2e} (faiss ranks by float32 similarities, so "
+        "near-equal ones may swap; ours ranks exactly).",
+    ]
+    if "ours_f64" in runs:
+        same = all(runs["ours_f64"][0][k] == o[k] for k in keys)
+        lines[-1] += f" Ours f64 gives {'bit-identical' if same else 'DIFFERENT'} metrics, as it must."
+    lines[-1] += (" Process CPU and peak RSS cover the whole process: reading the file, and for ours libtorch's own "
+                  "footprint (≈ 600 MiB with a tiny input).")
+    if "nmi" in runs:
+        r = runs["nmi"]
+        lines += ["", f"NMI (ours, k-means with k = {a.classes:,} and its defaults): {r[0]['nmi']:.4f}; the whole command with NMI took "
+                  f"{r[1]:.1f} s wall, {r[3]:.1f} CPU s, peak RSS {r[2]:.0f} MiB."]
     lines += [
         "",
         f"Produced by `cargo build --bin hist && $HIST_PYTHON scripts/bench_eval.py` on {started} (git {git_rev()}, torch {torch_version}, "
@@ -172,18 +217,23 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nmi", action="store_true")
+    p.add_argument("--no-f64", action="store_true")
     p.add_argument("--hist", default=str(ROOT / "target/debug/hist"))
     p.add_argument("--output", default=str(ROOT / "docs/benchmarks.md"))
     p.add_argument("--faiss-worker", help=argparse.SUPPRESS)
+    p.add_argument("--floor-worker", help=argparse.SUPPRESS)
     p.add_argument("--gen-worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.faiss_worker:
         return faiss_worker(a.faiss_worker, a.threads)
+    if a.floor_worker:
+        return floor_worker(a.floor_worker, a.threads)
     if a.gen_worker:
         return generate(a.gen_worker, a.n, a.classes, a.d, a.seed)
     if not Path(a.hist).exists():
         sys.exit(f"bench_eval: {a.hist} not found; run `cargo build --bin hist` first")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "sop_like.safetensors"
         print(f"generating {a.n} x {a.d}", file=sys.stderr, flush=True)
@@ -192,18 +242,19 @@ def main():
         gen = run_child([sys.executable, __file__, "--gen-worker", str(data), "--n", str(a.n), "--classes", str(a.classes),
                          "--d", str(a.d), "--seed", str(a.seed)], a.threads)
         load0 = loadavg()
-        ks = ",".join(map(str, KS))
-        print("ours", file=sys.stderr, flush=True)
-        ours = run_child([a.hist, "eval", "--embeddings", str(data), "--json", "--ks", ks, "--kmeans-restarts", "0"], a.threads)
-        print("faiss", file=sys.stderr, flush=True)
-        faiss_r = run_child([sys.executable, __file__, "--faiss-worker", str(data), "--threads", str(a.threads)], a.threads)
-        nmi = None
+        ours = [a.hist, "eval", "--embeddings", str(data), "--json", "--ks", ",".join(map(str, KS))]
+        children = [("ours", ours + ["--kmeans-restarts", "0"])]
+        if not a.no_f64:
+            children.append(("ours_f64", ours + ["--kmeans-restarts", "0", "--precision", "f64"]))
+        children += [("faiss", [sys.executable, __file__, "--faiss-worker", str(data), "--threads", str(a.threads)]),
+                     ("floor", [sys.executable, __file__, "--floor-worker", str(data), "--threads", str(a.threads)])]
         if a.nmi:
-            print("ours with NMI", file=sys.stderr, flush=True)
-            r = run_child([a.hist, "eval", "--embeddings", str(data), "--json", "--ks", ks, "--kmeans-restarts", "1", "--kmeans-iters", "20"], a.threads)
-            nmi = (r[0], r[1])
+            children.append(("nmi", ours))
+        for name, cmd in children:
+            print(name, file=sys.stderr, flush=True)
+            runs[name] = run_child(cmd, a.threads)
         load1 = loadavg()
-    text = section(a, ours, faiss_r, nmi, started, load0, load1, gen[0]["torch"])
+    text = section(a, runs, started, load0, load1, gen[0]["torch"])
     print(text)
     write_section(Path(a.output), text)
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod eval;
 pub mod loss;
 pub mod model;
+pub mod progress;
 pub mod telemetry;
 pub mod tools;
 pub mod train;

@@ -67,14 +67,17 @@ enum Command {
         /// Queries per k-NN chunk (default: about 2^26 similarities per chunk).
         #[arg(long)]
         chunk: Option<usize>,
+        /// Float kind of the k-NN products: f32 (fast) or f64; the ranking is exact either way.
+        #[arg(long, default_value = "f32")]
+        precision: String,
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
         /// k-means restarts for NMI (0 skips NMI).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 1)]
         kmeans_restarts: usize,
         /// Lloyd iterations per k-means restart at most.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 20)]
         kmeans_iters: usize,
         /// Seed of k-means.
         #[arg(long, default_value_t = 0)]
@@ -116,6 +119,37 @@ enum Command {
         warmup: usize,
         #[arg(long, default_value_t = 0)]
         chunk_bytes: usize,
+    },
+    /// Time checkpoint save and verified load of a given state (scripts/bench_checkpoint.py).
+    #[command(hide = true)]
+    BenchCheckpoint {
+        /// Safetensors with the state: tensors named model/... and optim/....
+        #[arg(long)]
+        state: PathBuf,
+        /// Scratch run directory; its checkpoints/ is written and removed.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Timed save + load pairs.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// Time the image pipeline on a folder of images (scripts/bench_decode.py).
+    #[command(hide = true)]
+    BenchDecode {
+        /// Folder of .jpg/.jpeg/.png files.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 1)]
+        passes: usize,
+        #[arg(long, default_value_t = 224)]
+        crop: u32,
+        /// Also time each stage alone on one thread.
+        #[arg(long)]
+        components: bool,
     },
     /// Time forward+backward of the HIST loss on random inputs (scripts/bench_loss.py).
     #[command(hide = true)]
@@ -183,9 +217,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let config = resolve_config(config.as_ref(), &overrides)?;
             print!("{}", serde_yaml_ng::to_string(&config).context("serialising the config")?);
         }
-        Command::Eval { embeddings, ks, json, chunk, device, kmeans_restarts, kmeans_iters, seed } => {
+        Command::Eval { embeddings, ks, json, chunk, precision, device, kmeans_restarts, kmeans_iters, seed } => {
             let path = embeddings.context("give --embeddings FILE.safetensors")?;
-            let args = hist::tools::eval_embeddings::EvalArgs { ks, json, chunk, device, kmeans_restarts, kmeans_iters, seed };
+            let args = hist::tools::eval_embeddings::EvalArgs { ks, json, chunk, precision, device, kmeans_restarts, kmeans_iters, seed };
             hist::tools::eval_embeddings::run(&path, &args)?
         }
         Command::InspectLoss { input, output } => hist::tools::inspect_loss::run(&input, &output)?,
@@ -196,6 +230,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 rank, world, addr, secret, numel, gather_shape, reps, gather_reps, warmup, chunk_bytes,
             };
             hist::tools::bench_collectives::run(&args)?
+        }
+        Command::BenchCheckpoint { state, dir, reps } => {
+            hist::tools::bench_checkpoint::run(&hist::tools::bench_checkpoint::BenchArgs { state, dir, reps })?
+        }
+        Command::BenchDecode { dir, threads, batch, passes, crop, components } => {
+            hist::tools::bench_decode::run(&hist::tools::bench_decode::BenchArgs { dir, threads, batch, passes, crop, components })?
         }
         Command::BenchLoss { n, c, d, hidden, reps, warmup, threads, ipc, seed } => {
             let args = hist::tools::bench_loss::BenchArgs { n, c, d, hidden, reps, warmup, threads, ipc, seed };

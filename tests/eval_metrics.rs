@@ -4,7 +4,8 @@
 //!
 //! The reference generates the cases (random, clustered, well separated, exact ties from
 //! duplicated rows and from ±1/8 sign vectors, singleton classes, disjoint and
-//! overlapping query/gallery masks), then scores them three ways: numpy brute force,
+//! overlapping query/gallery masks, cosines 1e-8 to 1e-11 apart that float32 products
+//! cannot order), then scores them three ways: numpy brute force,
 //! pytorch-metric-learning's AccuracyCalculator, and scikit-learn's NMI of our own
 //! k-means clusters (k-means differs between implementations, so the clustering is ours
 //! and only the NMI formula is checked against scikit-learn).
@@ -13,16 +14,20 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hist::tools::eval_embeddings::{evaluate_file, EvalArgs};
+use hist::eval::knn::{for_each_target_ranks, knn, normalize_rows, KnnOptions, Precision};
+use hist::tools::eval_embeddings::{evaluate_file, load, EvalArgs};
 use serde_json::{Map, Value};
 use tch::{Kind, Tensor};
 
 /// Every case of metrics_ref.py and the --chunk it runs with (None: the default), so
 /// chunk boundaries fall at odd places, including one query per chunk.
-const CASES: [(&str, Option<usize>); 8] = [
+const CASES: [(&str, Option<usize>); 10] = [
     ("random", None), ("clustered", Some(7)), ("separated", None), ("duplicates", Some(13)),
     ("signs", Some(1)), ("singletons", None), ("query_gallery", Some(5)), ("overlap", Some(3)),
+    ("near_ties", Some(11)), ("near_ties_f32", None),
 ];
+/// Cases whose near-ties float32 products cannot order (cosines 1e-8 to 1e-11 apart).
+const NEAR_TIE_CASES: [&str; 2] = ["near_ties", "near_ties_f32"];
 /// The K of Recall@K, as metrics_ref.py's KS; 1000 exceeds every gallery (clamped).
 const KS: [usize; 6] = [1, 2, 4, 8, 16, 1000];
 /// Agreement required with every reference.
@@ -96,7 +101,7 @@ fn metrics_match_the_reference() {
         let file: PathBuf = dir.path().join(format!("{name}.safetensors"));
         let json = cli_json(&file, chunk);
         // The library with the CLI's options: same numbers, plus the clustering for NMI.
-        let args = EvalArgs { ks: KS.to_vec(), json: true, chunk, device: "cpu".into(), kmeans_restarts: 3, kmeans_iters: 50, seed: 0 };
+        let args = EvalArgs { ks: KS.to_vec(), json: true, chunk, precision: "f32".into(), device: "cpu".into(), kmeans_restarts: 3, kmeans_iters: 50, seed: 0 };
         let report = evaluate_file(&file, &args).expect("library evaluation");
         for (key, value) in report.metrics() {
             let printed = json.get(&key).map(|v| num(v, &key)).unwrap_or_else(|| panic!("{name}: --json lacks {key}"));
@@ -151,9 +156,59 @@ fn metrics_match_the_reference() {
     assert!(num(&sep["nmi"], "nmi") > 0.99, "k-means missed well-separated classes: {sep:?}");
     assert_eq!(num(&sep["map@r"], "map@r"), 1.0);
     // The cases are not degenerate: ties and chunking matter only if metrics are mid-range.
-    for name in ["clustered", "duplicates", "signs", "query_gallery"] {
+    for name in ["clustered", "duplicates", "signs", "query_gallery", "near_ties", "near_ties_f32"] {
         let v = num(&ours[name].0["map@r"], "map@r");
         assert!(v > 0.01 && v < 0.99, "{name}: MAP@R {v} too close to 0 or 1 to test anything");
+    }
+}
+
+fn int_rows(t: &Tensor) -> Vec<Vec<i64>> {
+    (0..t.size()[0]).map(|i| Vec::<i64>::try_from(t.get(i)).expect("int64 row")).collect()
+}
+
+// Reference (metrics_ref.py `neighbours`, numpy): per query, gallery positions other than
+// its own row, float64 cosine of the normalised distinct rows, order
+// np.lexsort((position, -similarity)), the first min(20, G), −1 padded.
+#[test]
+fn neighbour_lists_match_the_float64_reference() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir_str = dir.path().to_str().expect("utf-8 temp path");
+    reference(&["gen", dir_str]);
+    reference(&["neighbours", dir_str]);
+    for (name, _) in CASES {
+        let input = load(&dir.path().join(format!("{name}.safetensors"))).expect("case file");
+        let split = &input.split;
+        let pick = |r: &[i64]| input.embeddings.index_select(0, &Tensor::from_slice(r));
+        let (queries, gallery) = (pick(&split.query_rows), pick(&split.gallery_rows));
+        let file = dir.path().join(format!("{name}.neighbours.safetensors"));
+        let want = int_rows(&Tensor::read_safetensors(&file).expect("reference lists")[0].1);
+        let k = want[0].len();
+        let own = Some(split.self_positions.as_slice());
+        for precision in [Precision::F32, Precision::F64] {
+            for chunk in [None, Some(7)] {
+                let options = KnnOptions { chunk, precision };
+                let got = knn(&queries, &gallery, own, k, &options).expect("knn");
+                assert_eq!(int_rows(&got.indices), want, "{name}: {options:?}");
+                // The metrics' search: ranks of the same-label entries in the same order.
+                let label = |rows: &[i64], i: usize| input.labels[rows[i] as usize];
+                let same = |q: usize, p: usize| label(&split.query_rows, q) == label(&split.gallery_rows, p);
+                for_each_target_ranks(&queries, &gallery, own, k, &options, same, |q, ranks| {
+                    let expected: Vec<usize> = (0..k).filter(|&r| want[q][r] >= 0 && same(q, want[q][r] as usize)).collect();
+                    assert_eq!(ranks, expected.as_slice(), "{name}: query {q}, {options:?}");
+                    Ok(())
+                })
+                .expect("target ranks");
+            }
+        }
+        if NEAR_TIE_CASES.contains(&name) {
+            // The case is sharp: ordering by the float32 products alone gets it wrong.
+            let products = normalize_rows(&queries, Kind::Float).mm(&normalize_rows(&gallery, Kind::Float).tr());
+            for (q, &p) in split.self_positions.iter().enumerate() {
+                let _ = products.get(q as i64).get(p).fill_(f64::NEG_INFINITY);
+            }
+            let order = products.sort_stable(true, 1, true).1.narrow(1, 0, k as i64);
+            assert_ne!(int_rows(&order), want, "{name}: float32 products already order it; the case tests nothing");
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! Layout: `layout` (names and paths), `durable` (fsync and rename helpers), `digest`
 //! (checksums and the COMPLETE marker), `meta` (the JSON metadata), `compat` (what must
 //! match to resume), `store` (the store and its types), `write` (saving), `read`
-//! (verifying and loading), `keep` (retention and the `best` link).
+//! (verifying and loading), `tensor_file` (one-pass verified read of the tensor file),
+//! `keep` (retention and the `best` link).
 mod compat;
 mod digest;
 mod durable;
@@ -18,6 +19,7 @@ mod layout;
 mod meta;
 mod read;
 mod store;
+mod tensor_file;
 mod write;
 
 pub use compat::{check_compat, config_fingerprint};

@@ -16,6 +16,7 @@ use super::layout::{
 };
 use super::meta::{decode, CheckpointMeta, TensorsRecord};
 use super::store::{CheckpointStore, CheckpointTensors, LoadedCheckpoint, Skipped};
+use super::tensor_file::{read_verified, ReadFailure};
 use crate::error::{HistError, Result};
 
 /// How a checkpoint folder fails; retention removes `Incomplete` and `Corrupt` ones but
@@ -153,17 +154,11 @@ pub(crate) fn verify_full(
     Ok((meta, record))
 }
 
-/// Reads the tensor file (already verified) and splits it into its two groups.
-fn read_tensors(
-    dir: &Path,
+/// Splits the tensors into their two groups and checks the counts meta.json records.
+fn group_tensors(
+    all: Vec<(String, Tensor)>,
     record: &TensorsRecord,
 ) -> std::result::Result<CheckpointTensors, Unusable> {
-    let all = Tensor::read_safetensors(dir.join(TENSORS_FILE)).map_err(|e| {
-        unusable(
-            Problem::Corrupt,
-            format!("{TENSORS_FILE} cannot be parsed: {e}"),
-        )
-    })?;
     let mut tensors = CheckpointTensors::default();
     for (name, tensor) in all {
         if let Some(rest) = name.strip_prefix(MODEL_PREFIX) {
@@ -202,8 +197,12 @@ fn resolve_link(dir: &Path) -> PathBuf {
 }
 
 fn load_checked(dir: &Path) -> std::result::Result<LoadedCheckpoint, Unusable> {
-    let (meta, record) = verify_full(dir)?;
-    let tensors = read_tensors(dir, &record)?;
+    let (meta, record) = verify_cheap(dir)?;
+    let all = read_verified(&dir.join(TENSORS_FILE), &record.digest).map_err(|f| match f {
+        ReadFailure::Io(why) => unusable(Problem::Unreadable, why),
+        ReadFailure::Corrupt(why) => unusable(Problem::Corrupt, why),
+    })?;
+    let tensors = group_tensors(all, &record)?;
     Ok(LoadedCheckpoint {
         path: dir.to_path_buf(),
         meta,

@@ -26,6 +26,7 @@ use super::layout::{
 };
 use super::meta::{encode, CheckpointMeta, TensorsRecord, FORMAT_VERSION};
 use super::store::{CheckpointStore, CheckpointTensors};
+use super::tensor_file;
 use crate::error::{HistError, Result};
 
 impl CheckpointStore {
@@ -115,7 +116,7 @@ fn stage(scratch: &Path, meta: &CheckpointMeta, named: &[(String, Tensor)]) -> R
     std::fs::create_dir(scratch).map_err(|e| io_error(scratch, "create folder", e))?;
     let tensor_path = scratch.join(TENSORS_FILE);
     fault("tensors", &tensor_path)?;
-    Tensor::write_safetensors(named, &tensor_path).map_err(|e| HistError::Io {
+    tensor_file::write(&tensor_path, named).map_err(|e| HistError::Io {
         path: tensor_path.clone(),
         message: format!("cannot write tensors: {e}"),
     })?;

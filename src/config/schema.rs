@@ -85,7 +85,7 @@ pub struct DataConfig {
     pub batch_size: usize,
     /// Images per class in a batch; must divide `batch_size`.
     pub ipc: usize,
-    /// Side of the square images fed to the network, in pixels.
+    /// Side of the square synthetic images (and of `folder::load_folder`'s in-memory decode).
     #[serde(default = "default_image_size")]
     pub image_size: usize,
     /// Random horizontal flips of training images.
@@ -97,6 +97,76 @@ pub struct DataConfig {
     /// Splitting a `folder` dataset's classes into train and test.
     #[serde(default)]
     pub folder: FolderConfig,
+    /// Side of the square training crop (RandomResizedCrop) of folder and benchmark images.
+    #[serde(default = "default_train_crop")]
+    pub train_crop: usize,
+    /// RandomResizedCrop's range of the crop's area, as a fraction of the image's.
+    #[serde(default = "default_crop_scale")]
+    pub crop_scale: [f64; 2],
+    /// RandomResizedCrop's range of the crop's aspect ratio (width / height).
+    #[serde(default = "default_crop_ratio")]
+    pub crop_ratio: [f64; 2],
+    /// Test images: the shorter side is resized to this, then a centre crop of `test_crop`.
+    #[serde(default = "default_test_resize")]
+    pub test_resize: usize,
+    /// Side of the square centre crop of test images.
+    #[serde(default = "default_test_crop")]
+    pub test_crop: usize,
+    /// How pixels become the network's input: `auto` (from the backbone), `imagenet`, `bn_inception`.
+    #[serde(default)]
+    pub input_convention: InputConvention,
+    /// A corrupt or missing image: `error` (stop, naming the file) or `skip` (leave it out, count it).
+    #[serde(default)]
+    pub on_bad_image: BadImagePolicy,
+    /// Decode threads per rank; 0 = this machine's cores divided among its ranks.
+    #[serde(default)]
+    pub loader_threads: usize,
+    /// Batches each rank's loader prepares ahead of the step.
+    #[serde(default = "default_prefetch_batches")]
+    pub prefetch_batches: usize,
+}
+
+fn default_train_crop() -> usize {
+    224
+}
+fn default_crop_scale() -> [f64; 2] {
+    [0.08, 1.0]
+}
+fn default_crop_ratio() -> [f64; 2] {
+    [3.0 / 4.0, 4.0 / 3.0]
+}
+fn default_test_resize() -> usize {
+    256
+}
+fn default_test_crop() -> usize {
+    224
+}
+fn default_prefetch_batches() -> usize {
+    4
+}
+
+/// Pixel convention of the network's input (streamed images; synthetic data has its own).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InputConvention {
+    /// `bn_inception` for the BN-Inception backbone, `imagenet` for the others.
+    #[default]
+    Auto,
+    /// RGB in [0, 1], minus ImageNet's mean, divided by its std (torchvision).
+    Imagenet,
+    /// BGR in [0, 255] minus [104, 117, 128], std 1 (pretrained-models' `bninception`).
+    BnInception,
+}
+
+/// What a corrupt or missing image does.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BadImagePolicy {
+    /// Stop with an error naming the file.
+    #[default]
+    Error,
+    /// Leave the image out of its batch (or the evaluation) and count it in the epoch summary.
+    Skip,
 }
 
 fn default_image_size() -> usize {
@@ -195,9 +265,15 @@ pub struct ModelConfig {
     /// Embedding size D.
     #[serde(default = "default_embedding_dim")]
     pub embedding_dim: i64,
-    /// BatchNorm2d of the backbone: `frozen` (eval mode, affine not trained) or `local`.
+    /// BatchNorm2d of the backbone: `frozen` (eval mode, affine not trained), `local`
+    /// (per-rank batch statistics) or `sync` (global-batch statistics, docs/config.md).
     #[serde(default)]
     pub bn: BatchNormMode,
+    /// ImageNet weights for the backbone: a safetensors file with torchvision /
+    /// pretrained-models names (docs/backbones.md); relative to the working directory.
+    /// Loaded on a fresh run only; a resumed run takes the checkpoint's weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
 }
 
 fn default_width() -> i64 {
@@ -214,6 +290,7 @@ impl Default for ModelConfig {
             width: default_width(),
             embedding_dim: default_embedding_dim(),
             bn: BatchNormMode::default(),
+            pretrained: None,
         }
     }
 }
@@ -225,6 +302,10 @@ pub enum Backbone {
     /// Four conv stages for small images on a CPU.
     #[default]
     SmallCnn,
+    /// ResNet-50 in torchvision's layout (2048 features).
+    Resnet50,
+    /// BN-Inception in the pretrained-models layout (1024 features).
+    BnInception,
 }
 
 /// How BatchNorm2d layers of the backbone behave in training.
@@ -236,6 +317,9 @@ pub enum BatchNormMode {
     Frozen,
     /// Batch statistics of this rank's batch; affine parameters trained.
     Local,
+    /// Batch statistics of the global batch (exact SyncBatchNorm: statistics and gradient
+    /// sums all-reduced across ranks); affine parameters trained.
+    Sync,
 }
 
 /// HIST loss hyper-parameters (design §2).

@@ -45,6 +45,9 @@ pub fn validate(c: &Config) -> Check {
     validate_data(c)?;
     at_least("model.width", c.model.width.max(0) as usize, 1)?;
     at_least("model.embedding_dim", c.model.embedding_dim.max(0) as usize, 1)?;
+    if c.model.pretrained.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        return Err("model.pretrained must be a path to a .safetensors file (or left out)".to_string());
+    }
 
     positive("loss.tau", c.loss.tau)?;
     positive("loss.alpha", c.loss.alpha)?;
@@ -107,6 +110,7 @@ fn validate_data(c: &Config) -> Check {
         ));
     }
     at_least("data.image_size", d.image_size, 16)?;
+    validate_pipeline(d)?;
     match d.source {
         DataSource::Synthetic => {
             let s = &d.synthetic;
@@ -136,6 +140,31 @@ fn validate_data(c: &Config) -> Check {
                 return Err(format!("data.root is required when data.source is {source} (the dataset's folder; see docs/datasets.md)"));
             }
         }
+    }
+    Ok(())
+}
+
+/// Sizes, ranges and threads of the image pipeline (folder and benchmark sources).
+fn validate_pipeline(d: &super::schema::DataConfig) -> Check {
+    at_least("data.train_crop", d.train_crop, 8)?;
+    at_least("data.test_crop", d.test_crop, 8)?;
+    if d.test_resize < d.test_crop {
+        return Err(format!(
+            "data.test_resize ({}) must be >= data.test_crop ({}): the centre crop is cut from the resized image",
+            d.test_resize, d.test_crop
+        ));
+    }
+    let [lo, hi] = d.crop_scale;
+    if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+        return Err(format!("data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1 (got [{lo}, {hi}])"));
+    }
+    let [lo, hi] = d.crop_ratio;
+    if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
+        return Err(format!("data.crop_ratio must be [lo, hi] with 0 < lo <= hi, finite (got [{lo}, {hi}])"));
+    }
+    at_least("data.prefetch_batches", d.prefetch_batches, 1)?;
+    if d.loader_threads > 1024 {
+        return Err(format!("data.loader_threads must be <= 1024, or 0 for one per core (got {})", d.loader_threads));
     }
     Ok(())
 }

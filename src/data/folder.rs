@@ -2,8 +2,10 @@
 //!
 //! Classes are the non-hidden sub-folders of the root, sorted by name; a class's images
 //! are its non-hidden `*.jpg`, `*.jpeg` and `*.png` files (any letter case), sorted by
-//! name; anything else is ignored. Every image is decoded to RGB (alpha dropped), resized
-//! so its shorter side is `image_size` (triangle filter) and centre-cropped to a square.
+//! name; anything else is ignored. Training streams the listed files through the image
+//! pipeline (`data::pipeline`); [`load_folder`] instead decodes every image into memory as
+//! RGB (alpha dropped), shorter side resized to `image_size` (triangle filter) and
+//! centre-cropped to a square.
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::Tensor;
 
+use super::datasets::{decode_listing, DatasetListing, Sample};
 use super::{ImageSet, Splits};
 use crate::config::FolderConfig;
 use crate::error::{HistError, Result};
@@ -161,21 +164,20 @@ pub(crate) fn decode_set(paths: &[&Path], labels: Vec<i64>, class_names: Vec<Str
     Ok(ImageSet { images, labels, class_names })
 }
 
-fn build_set(classes: &[&ClassFiles], size: usize) -> Result<ImageSet> {
-    let mut paths = Vec::new();
-    let mut labels = Vec::new();
+/// The samples of `classes` (labels in the given order) and their names.
+fn samples_of(classes: &[&ClassFiles]) -> (Vec<Sample>, Vec<String>) {
+    let mut samples = Vec::new();
     for (label, (_, images)) in classes.iter().enumerate() {
-        paths.extend(images.iter().map(PathBuf::as_path));
-        labels.extend(std::iter::repeat_n(label as i64, images.len()));
+        samples.extend(images.iter().map(|path| Sample { path: path.clone(), label: label as i64 }));
     }
-    decode_set(&paths, labels, classes.iter().map(|(n, _)| n.clone()).collect(), size)
+    (samples, classes.iter().map(|(n, _)| n.clone()).collect())
 }
 
-/// Loads `root` and splits its classes into disjoint train and test classes: the sorted
+/// Lists `root` and splits its classes into disjoint train and test classes: the sorted
 /// classes are shuffled with ChaCha8 seeded by `cfg.split_seed`, the first
 /// round(classes × `cfg.train_fraction`) train and the rest test; each side needs at least
-/// 2 classes. Within a split, labels follow folder-name order.
-pub fn load_folder(root: &Path, cfg: &FolderConfig, image_size: usize) -> Result<Splits> {
+/// 2 classes. Within a split, labels follow folder-name order. Nothing is decoded.
+pub fn list_folder(root: &Path, cfg: &FolderConfig) -> Result<DatasetListing> {
     let classes = scan(root)?;
     let mut order: Vec<usize> = (0..classes.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.split_seed));
@@ -198,5 +200,13 @@ pub fn load_folder(root: &Path, cfg: &FolderConfig, image_size: usize) -> Result
     train_idx.sort_unstable();
     test_idx.sort_unstable();
     let pick = |idx: &[usize]| idx.iter().map(|&i| &classes[i]).collect::<Vec<_>>();
-    Ok(Splits { train: build_set(&pick(&train_idx), image_size)?, test: build_set(&pick(&test_idx), image_size)? })
+    let (train, train_class_names) = samples_of(&pick(&train_idx));
+    let (test, test_class_names) = samples_of(&pick(&test_idx));
+    Ok(DatasetListing { train, train_class_names, test, test_class_names, query_gallery: None })
+}
+
+/// [`list_folder`], then every image decoded into memory: RGB, shorter side resized to
+/// `image_size` (triangle filter), centre-cropped square.
+pub fn load_folder(root: &Path, cfg: &FolderConfig, image_size: usize) -> Result<Splits> {
+    decode_listing(&list_folder(root, cfg)?, image_size)
 }

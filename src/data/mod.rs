@@ -1,8 +1,9 @@
-//! Datasets (synthetic, user folders, the standard benchmarks), the class-balanced sampler
-//! and batch assembly.
+//! Datasets (synthetic, user folders, the standard benchmarks), the class-balanced sampler,
+//! batch assembly and the streaming image pipeline.
 pub mod datasets;
 mod image_set;
 pub mod folder;
+pub mod pipeline;
 pub mod sampler;
 pub mod streams;
 pub mod synthetic;

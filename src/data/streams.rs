@@ -21,6 +21,10 @@ pub const FLIP: u64 = 2;
 pub const SYNTHETIC_CLASSES: u64 = 3;
 /// Stream id: one synthetic image, keyed (seed, id, split, class, index).
 pub const SYNTHETIC_IMAGE: u64 = 4;
+/// Stream id: the random resized crop of one training image, keyed (seed, id, epoch, step,
+/// position in the global batch) — not by rank, so a sample's crop is the same whatever the
+/// world size (a stronger property than keying by rank; it keeps W ranks ≡ 1 rank).
+pub const CROP: u64 = 5;
 
 /// SplitMix64's finaliser: decorrelates nearby inputs (epoch 3 vs 4) before seeding.
 pub fn mix(x: u64) -> u64 {

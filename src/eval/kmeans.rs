@@ -1,10 +1,12 @@
-//! Seeded k-means (k-means++ initialisation, Lloyd iterations, several restarts, the
-//! lowest inertia kept) on the points' own device, for the NMI of an embedding.
+//! Seeded k-means (k-means++ initialisation in batches, Lloyd iterations, several
+//! restarts, the lowest inertia kept) on the points' own device, for the NMI of an
+//! embedding.
 //!
-//! Distances are squared Euclidean in float32, computed a chunk of points at a time so
-//! only a [chunk, k] block exists. The same seed gives the same clustering on the same
-//! device; on CUDA, float atomics in the centroid sums may differ between runs in the
-//! last bits, which can rarely flip a borderline assignment.
+//! Distances are squared Euclidean in float32, computed a block of points at a time so
+//! only a [block, k] matrix exists, as one matrix product each into a reused buffer.
+//! The same seed gives the same clustering on the same device; on CUDA, float atomics in
+//! the centroid sums may differ between runs in the last bits, which can rarely flip a
+//! borderline assignment.
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
@@ -20,13 +22,18 @@ pub struct KMeansOptions {
     pub max_iter: usize,
     /// Seed of the k-means++ draws.
     pub seed: u64,
-    /// Points per distance block (memory ≈ 4 bytes × chunk × k).
+    /// Points per distance block, at least: blocks grow to 2^22 distances (16 MiB) when k
+    /// is small, so few centres do not mean many tiny products. Memory ≈ 4 bytes × k ×
+    /// max(chunk, 2^22 / k).
     pub chunk: usize,
 }
 
 impl Default for KMeansOptions {
     fn default() -> Self {
-        KMeansOptions { restarts: 3, max_iter: 50, seed: 0, chunk: 4096 }
+        // One start of at most 20 iterations, as pytorch-metric-learning's faiss k-means
+        // (niter=20, nredo=1): at SOP scale every iteration is a 60,502 × 11,316 × 512
+        // product, seconds on a CPU.
+        KMeansOptions { restarts: 1, max_iter: 20, seed: 0, chunk: 4096 }
     }
 }
 
@@ -56,7 +63,7 @@ pub fn kmeans(points: &Tensor, k: usize, options: &KMeansOptions) -> Result<Clus
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut best: Option<Clustering> = None;
     for _ in 0..options.restarts.max(1) {
-        let centres = kmeans_plus_plus(&x, &x_sq, k as i64, &mut rng);
+        let centres = kmeans_plus_plus(&x, &x_sq, k as i64, options.chunk.max(1) as i64, &mut rng)?;
         let run = lloyd(&x, &x_sq, centres, options)?;
         if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
             best = Some(run);
@@ -65,64 +72,89 @@ pub fn kmeans(points: &Tensor, k: usize, options: &KMeansOptions) -> Result<Clus
     best.ok_or_else(|| HistError::input("restarts", "k-means ran no start"))
 }
 
-/// Squared distances [N] of every point to `centre` [D].
-fn distances_to(x: &Tensor, x_sq: &Tensor, centre: &Tensor) -> Tensor {
-    (x_sq - x.mv(centre) * 2.0 + centre.square().sum(Kind::Float)).clamp_min(0.0)
+/// Seeding rounds at most: k-means++ draws one centre per round, which costs k passes
+/// over the points; drawing ⌈k / 64⌉ per round bounds the passes at 64 (SOP's 11,316
+/// classes would otherwise take minutes on a CPU).
+const SEED_ROUNDS: usize = 64;
+
+/// k-means++ (Arthur & Vassilvitskii 2007), in rounds: each round draws
+/// ⌈k / [`SEED_ROUNDS`]⌉ new centres among the points not yet chosen, without
+/// replacement, each with probability proportional to its squared distance to the
+/// nearest centre so far (Efraimidis–Spirakis keys ln(u)/w, the largest win; points at
+/// distance 0 only once no other is left). With k ≤ 64 that is the classic one per round.
+fn kmeans_plus_plus(x: &Tensor, x_sq: &Tensor, k: i64, chunk: i64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    let n = x.size()[0] as usize;
+    let per_round = (k as usize).div_ceil(SEED_ROUNDS);
+    let mut chosen = vec![false; n];
+    let mut centres: Vec<i64> = Vec::with_capacity(k as usize);
+    // No centre yet: equal weights, so the first round draws uniformly.
+    let mut nearest: Option<Vec<f64>> = None;
+    let mut keys: Vec<(u8, f64, usize)> = Vec::with_capacity(n);
+    while centres.len() < k as usize {
+        let take = per_round.min(k as usize - centres.len());
+        keys.clear();
+        for i in (0..n).filter(|&i| !chosen[i]) {
+            // 1 − u ∈ (0, 1], so ln is finite; a point at distance 0 ranks by u alone.
+            let u = 1.0 - rng.random::<f64>();
+            let w = nearest.as_ref().map_or(1.0, |d| d[i]);
+            keys.push(if w > 0.0 { (1, u.ln() / w, i) } else { (0, u, i) });
+        }
+        let best = |a: &(u8, f64, usize), b: &(u8, f64, usize)| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2));
+        if take < keys.len() {
+            keys.select_nth_unstable_by(take - 1, best);
+        }
+        let mut round: Vec<usize> = keys[..take].iter().map(|key| key.2).collect();
+        // Fixed order regardless of how the selection left them.
+        round.sort_unstable();
+        round.iter().for_each(|&i| chosen[i] = true);
+        let new = x.index_select(0, &Tensor::from_slice(&round.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(x.device()));
+        let (_, dist) = assign(x, x_sq, &new, chunk)?;
+        let dist = Vec::<f32>::try_from(dist.to_device(tch::Device::Cpu))?;
+        nearest = Some(match nearest {
+            None => dist.into_iter().map(f64::from).collect(),
+            Some(old) => old.into_iter().zip(dist).map(|(d, new)| d.min(new as f64)).collect(),
+        });
+        centres.extend(round.iter().map(|&i| i as i64));
+    }
+    Ok(x.index_select(0, &Tensor::from_slice(&centres).to_device(x.device())))
 }
 
-/// k-means++ (Arthur & Vassilvitskii 2007): each new centre is a point drawn with
-/// probability proportional to its squared distance to the nearest centre so far.
-fn kmeans_plus_plus(x: &Tensor, x_sq: &Tensor, k: i64, rng: &mut ChaCha8Rng) -> Tensor {
-    let n = x.size()[0];
-    let mut chosen = vec![rng.random_range(0..n)];
-    let mut nearest = distances_to(x, x_sq, &x.get(chosen[0]));
-    while (chosen.len() as i64) < k {
-        // The draw happens on the CPU (one uniform number), the search on the device, so
-        // only a scalar crosses per centre.
-        let cumulative = nearest.to_kind(Kind::Double).cumsum(0, Kind::Double);
-        let total = cumulative.double_value(&[n - 1]);
-        let pick = if total > 0.0 {
-            let u = rng.random::<f64>() * total;
-            let i = Tensor::searchsorted_scalar(&cumulative, u, false, true, "right", None::<Tensor>).int64_value(&[]);
-            i.min(n - 1)
-        } else {
-            // Every point coincides with a centre already: any point will do.
-            rng.random_range(0..n)
-        };
-        chosen.push(pick);
-        nearest = nearest.minimum(&distances_to(x, x_sq, &x.get(pick)));
-    }
-    x.index_select(0, &Tensor::from_slice(&chosen).to_device(x.device()))
-}
+/// Distances per block below which blocks take more points than `chunk` asks.
+const MIN_BLOCK: i64 = 1 << 22;
 
 /// Nearest centre of every point and the squared distance to it.
-fn assign(x: &Tensor, x_sq: &Tensor, centres: &Tensor, chunk: i64) -> (Tensor, Tensor) {
+fn assign(x: &Tensor, x_sq: &Tensor, centres: &Tensor, chunk: i64) -> Result<(Tensor, Tensor)> {
     let n = x.size()[0];
+    let chunk = chunk.max(MIN_BLOCK / centres.size()[0].max(1));
     let c_sq = centres.square().sum_dim_intlist(1, false, None::<Kind>);
+    // ‖x‖² − 2x·c + ‖c‖²; ‖x‖² is constant per row so it joins after the argmin, and
+    // ‖c‖² − 2x·c is one product: ‖c‖² as its bias, −2cᵀ as its right factor.
+    let minus_twice_t = centres.tr() * -2.0;
+    let block = Tensor::f_empty([chunk.min(n), centres.size()[0]], (Kind::Float, x.device()))?;
     let (mut labels, mut dists) = (Vec::new(), Vec::new());
     let mut start = 0;
     while start < n {
         let m = chunk.min(n - start);
-        // ‖x‖² − 2x·c + ‖c‖²; ‖x‖² is constant per row so it joins after the argmin.
-        let d = c_sq.unsqueeze(0) - x.narrow(0, start, m).matmul(&centres.tr()) * 2.0;
+        let d = block.narrow(0, 0, m);
+        let _ = c_sq.f_addmm_out(&d, &x.narrow(0, start, m), &minus_twice_t)?;
         let (min, arg) = d.min_dim(1, false);
         dists.push((min + x_sq.narrow(0, start, m)).clamp_min(0.0));
         labels.push(arg);
         start += m;
     }
-    (Tensor::cat(&labels, 0), Tensor::cat(&dists, 0))
+    Ok((Tensor::cat(&labels, 0), Tensor::cat(&dists, 0)))
 }
 
 /// Lloyd iterations from `centres` until the assignments repeat or `max_iter` runs.
 fn lloyd(x: &Tensor, x_sq: &Tensor, mut centres: Tensor, options: &KMeansOptions) -> Result<Clustering> {
     let k = centres.size()[0];
     let chunk = options.chunk.max(1) as i64;
-    let (mut labels, mut dists) = assign(x, x_sq, &centres, chunk);
+    let (mut labels, mut dists) = assign(x, x_sq, &centres, chunk)?;
     let mut iterations = 0;
     while iterations < options.max_iter {
         iterations += 1;
         centres = update(x, &labels, &dists, k);
-        let (new_labels, new_dists) = assign(x, x_sq, &centres, chunk);
+        let (new_labels, new_dists) = assign(x, x_sq, &centres, chunk)?;
         let converged = new_labels.equal(&labels);
         labels = new_labels;
         dists = new_dists;

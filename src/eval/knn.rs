@@ -1,43 +1,86 @@
 //! Exact k-nearest-neighbour search by cosine similarity, one chunk of queries at a time,
 //! with a fully deterministic order among equal similarities.
 //!
-//! Only a [chunk, G] block of similarities exists at any time (G = gallery size), never
-//! the full query × gallery matrix, and everything runs on the tensors' own device.
+//! Similarity: rows are normalised in float64 (x / max(‖x‖, [`NORM_EPS`])) and the
+//! **exact similarity** of two rows is their float64 dot product summed in one fixed
+//! order on the host ([`exact`]), so the ranking is the same on every device, BLAS and
+//! thread count. Order: largest exact similarity first; equal similarities (bit-equal,
+//! which bit-identical rows always are) by gallery position, smallest first — also at
+//! the K boundary, where the smallest positions of a tie group are the ones kept.
 //!
-//! Order: neighbours are sorted by similarity, largest first; equal similarities are
-//! ordered by gallery position, smallest first. This holds everywhere, including at the
-//! K boundary: when a group of equal similarities straddles position K, the members with
-//! the smallest gallery positions are the ones kept. "Equal" means bit-equal as computed.
-//! Bit-identical gallery rows always tie: similarities are computed once per distinct
-//! gallery row and copied to its duplicates, because a BLAS may round the same dot
-//! product differently in different columns of one matrix product (OpenBLAS does).
-use tch::{Device, Kind, Tensor};
+//! Speed: the bulk products run as one matrix product per chunk on the tensors' device,
+//! in float32 by default ([`Precision`]). Their error is bounded rigorously ([`bound`]:
+//! δ ≈ D·2⁻²⁴ for float32), and that bound decides which entries can still be among
+//! the k nearest ([`select`]) and which pairs are near-ties whose order only the exact
+//! similarity settles ([`order`]); those are re-scored on the host. The result is
+//! identical to ranking every pair by the exact similarity (docs/evaluation.md,
+//! "Precision"). [`for_each_chunk`] re-scores every neighbour it returns;
+//! [`for_each_target_ranks`], all the retrieval metrics need, only the near-ties of the
+//! chosen entries (about five per query at SOP scale).
+//!
+//! Memory: never the full query × gallery matrix. Queries go a chunk at a time, split
+//! over libtorch's thread count; each worker computes its queries' products a tile of
+//! 2,048 gallery entries at a time into one reused buffer and keeps per query only its
+//! candidates (≈ 1.5·k). So memory per chunk is about chunk × (2,048 × 4 bytes + 24·k
+//! bytes), besides the gallery itself.
+mod bound;
+mod exact;
+mod order;
+mod scan;
+mod search;
+mod select;
+
+use tch::{Kind, Tensor};
 
 use crate::error::{HistError, Result};
+use search::Search;
 
-/// Default budget of similarities per chunk (queries per chunk × gallery size): 2^26,
-/// 0.5 GiB of float64 similarities, up to ~1.5 GiB with the masks of the tie handling.
+/// Default queries per chunk × gallery size: 2^26 (1,109 queries at SOP's 60,502).
 pub const DEFAULT_CHUNK_ELEMENTS: i64 = 1 << 26;
 
 /// Norm floor of the row normalisation, as torch.nn.functional.normalize.
 pub const NORM_EPS: f64 = 1e-12;
 
-/// How the search runs.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct KnnOptions {
-    /// Queries per chunk; `None` picks ⌊[`DEFAULT_CHUNK_ELEMENTS`] / G⌋ (at least 1).
-    /// Per chunk, about 9 bytes × chunk × G on the tensors' device (float64), up to ~24
-    /// when ties straddle the cut or gallery rows repeat.
-    pub chunk: Option<usize>,
-    /// Float kind the similarities are computed in. Float64 (the default) makes rankings
-    /// independent of float32 rounding, so CPU, CUDA and the Python reference agree.
-    pub kind: Kind,
+/// Float kind of the bulk similarity products. The ranking is exact either way; this
+/// only changes how many near-ties need the exact similarity, and the speed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// float32 products: half the memory traffic and twice the arithmetic rate of float64.
+    #[default]
+    F32,
+    /// float64 products: a cross-check of the float32 path, or for devices whose float32
+    /// products are not IEEE float32 (TF32 switched on).
+    F64,
 }
 
-impl Default for KnnOptions {
-    fn default() -> Self {
-        KnnOptions { chunk: None, kind: Kind::Double }
+impl Precision {
+    /// `f32` or `f64`.
+    pub fn parse(name: &str) -> Option<Precision> {
+        match name {
+            "f32" => Some(Precision::F32),
+            "f64" => Some(Precision::F64),
+            _ => None,
+        }
     }
+
+    fn kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::F64 => Kind::Double,
+        }
+    }
+}
+
+/// How the search runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KnnOptions {
+    /// Queries per chunk; `None` picks ⌊[`DEFAULT_CHUNK_ELEMENTS`] / G⌋ (at least 1).
+    /// Memory grows with it: per query one row of 2,048 products (float32, or float64
+    /// with [`Precision::F64`]; on a GPU also on the host) and its candidates, ≈ 24·k
+    /// bytes for k neighbours.
+    pub chunk: Option<usize>,
+    /// Float kind of the products.
+    pub precision: Precision,
 }
 
 impl KnnOptions {
@@ -58,7 +101,7 @@ pub struct Neighbours {
     /// Gallery positions [m, k], int64. −1 marks a slot with no candidate left, which
     /// happens only when k reaches the gallery size and the query's own entry is excluded.
     pub indices: Tensor,
-    /// Cosine similarities [m, k] in the search kind; −inf where `indices` is −1.
+    /// Exact similarities [m, k], float64; −inf where `indices` is −1.
     pub similarities: Tensor,
 }
 
@@ -71,10 +114,15 @@ pub fn normalize_rows(x: &Tensor, kind: Kind) -> Tensor {
     x / norm
 }
 
+/// Shapes, kinds, finiteness, devices and own positions; each problem one line naming
+/// the input.
 fn check_inputs(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>) -> Result<()> {
     for (name, t) in [("queries", queries), ("gallery", gallery)] {
         if t.dim() != 2 || !t.is_floating_point() {
             return Err(HistError::input(name, format!("expected a float [N, D] tensor, got {:?} {:?}", t.kind(), t.size())));
+        }
+        if t.isfinite().logical_not().any().int64_value(&[]) != 0 {
+            return Err(HistError::input(name, "contain NaN or infinite values; check the model's output"));
         }
     }
     let (q, g) = (queries.size(), gallery.size());
@@ -83,6 +131,9 @@ fn check_inputs(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64
     }
     if g[0] == 0 {
         return Err(HistError::input("gallery", "is empty; mark at least one row as gallery"));
+    }
+    if g[0] > u32::MAX as i64 {
+        return Err(HistError::input("gallery", format!("has {} rows; at most {} are supported", g[0], u32::MAX)));
     }
     if queries.device() != gallery.device() {
         return Err(HistError::input("gallery", "is on a different device from the queries; move both to one"));
@@ -98,65 +149,37 @@ fn check_inputs(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64
     Ok(())
 }
 
-/// Visits the `k` nearest gallery entries of every query, `chunk` queries at a time, in
-/// query order. `self_positions[i]` is the gallery position of query i's own row (never
-/// returned as its neighbour), or −1 when query i is not in the gallery. `k` is clamped
-/// to the gallery size. Similarities are cosine: rows are L2-normalised here.
+/// Visits the `k` nearest gallery entries of every query, a chunk of queries at a time,
+/// in query order. `self_positions[i]` is the gallery position of query i's own row
+/// (never returned as its neighbour), or −1 when query i is not in the gallery. `k` is
+/// clamped to the gallery size. Every returned neighbour is re-scored exactly, so this
+/// costs about k float64 dot products per query on top of the products.
 pub fn for_each_chunk<F>(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, k: usize, options: &KnnOptions, mut visit: F) -> Result<()>
 where
     F: FnMut(Neighbours) -> Result<()>,
 {
-    check_inputs(queries, gallery, self_positions)?;
-    let _guard = tch::no_grad_guard();
-    let (n, g) = (queries.size()[0], gallery.size()[0]);
-    let k = (k as i64).min(g);
-    if k == 0 || n == 0 {
-        return Ok(());
-    }
-    let device = queries.device();
-    let distinct = DistinctRows::of(gallery, options.kind);
-    let chunk = options.queries_per_chunk(g);
-    let mut start = 0;
-    while start < n {
-        let m = chunk.min(n - start);
-        let q = normalize_rows(&queries.narrow(0, start, m), options.kind);
-        let mut sims = distinct.similarities(&q);
-        if let Some(pos) = self_positions {
-            exclude_self(&mut sims, &pos[start as usize..(start + m) as usize], device);
-        }
-        let (indices, similarities) = top_k_ordered(&sims, k);
-        visit(Neighbours { start, indices, similarities })?;
-        start += m;
-    }
-    Ok(())
-}
-
-/// The gallery as its distinct rows (normalised, transposed) and, when some rows repeat,
-/// the distinct row of each gallery position.
-struct DistinctRows {
-    rows_t: Tensor,
-    inverse: Option<Tensor>,
-}
-
-impl DistinctRows {
-    fn of(gallery: &Tensor, kind: Kind) -> Self {
-        let g = gallery.to_kind(kind);
-        let (unique, inverse, _) = g.unique_dim(0, false, true, false);
-        if unique.size()[0] == g.size()[0] {
-            // No duplicates: skip the per-chunk column gather.
-            return DistinctRows { rows_t: normalize_rows(&g, kind).tr(), inverse: None };
-        }
-        DistinctRows { rows_t: normalize_rows(&unique, kind).tr(), inverse: Some(inverse) }
-    }
-
-    /// Cosine similarities [m, G] of unit-norm queries `q` [m, D] to every gallery row.
-    fn similarities(&self, q: &Tensor) -> Tensor {
-        let s = q.matmul(&self.rows_t);
-        match &self.inverse {
-            Some(inv) => s.index_select(1, inv),
-            None => s,
-        }
-    }
+    let Some(search) = Search::new(queries, gallery, self_positions, k, options)? else { return Ok(()) };
+    let (k, device) = (search.k, queries.device());
+    search.run(
+        |job| order::nearest(job.query_row, job.gallery, &job.candidates, job.k),
+        |start, rows: Vec<Vec<(u32, f64)>>| {
+            let m = rows.len();
+            let mut indices = vec![-1i64; m * k];
+            let mut similarities = vec![f64::NEG_INFINITY; m * k];
+            for (r, row) in rows.iter().enumerate() {
+                for (slot, &(pos, s)) in row.iter().enumerate() {
+                    indices[r * k + slot] = pos as i64;
+                    similarities[r * k + slot] = s;
+                }
+            }
+            let shape = [m as i64, k as i64];
+            visit(Neighbours {
+                start: start as i64,
+                indices: Tensor::from_slice(&indices).view(shape).to_device(device),
+                similarities: Tensor::from_slice(&similarities).view(shape).to_device(device),
+            })
+        },
+    )
 }
 
 /// All neighbours at once, [N, k] each: convenient for small sets and tests.
@@ -169,61 +192,45 @@ pub fn knn(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, k
     })?;
     if idx.is_empty() {
         let empty = Tensor::zeros([queries.size()[0], 0], (Kind::Int64, queries.device()));
-        return Ok(Neighbours { start: 0, similarities: empty.to_kind(options.kind), indices: empty });
+        return Ok(Neighbours { start: 0, similarities: empty.to_kind(Kind::Double), indices: empty });
     }
     Ok(Neighbours { start: 0, indices: Tensor::cat(&idx, 0), similarities: Tensor::cat(&sim, 0) })
 }
 
-/// Sets each query's similarity to its own gallery entry to −inf.
-fn exclude_self(sims: &mut Tensor, positions: &[i64], device: Device) {
-    let (rows, cols): (Vec<i64>, Vec<i64>) =
-        positions.iter().enumerate().filter(|(_, &p)| p >= 0).map(|(r, &p)| (r as i64, p)).unzip();
-    if rows.is_empty() {
-        return;
-    }
-    let rows = Tensor::from_slice(&rows).to_device(device);
-    let cols = Tensor::from_slice(&cols).to_device(device);
-    let value = Tensor::from(f64::NEG_INFINITY).to_kind(sims.kind()).to_device(device);
-    let _ = sims.index_put_(&[Some(rows), Some(cols)], &value, false);
-}
-
-/// The `k` largest entries of each row of `sims` [m, G], ordered by (similarity
-/// descending, column ascending): returns (columns, similarities), both [m, k], with −1
-/// columns where the similarity is −inf (an excluded own entry).
-pub fn top_k_ordered(sims: &Tensor, k: i64) -> (Tensor, Tensor) {
-    let m = sims.size()[0];
-    // The k-th largest value is well defined whatever order topk (not stable) breaks ties
-    // in, and every entry above it is certainly among the k nearest.
-    let kth = sims.topk(k, 1, true, false).0.amin(1, true);
-    let at_least = sims.ge_tensor(&kth);
-    let take = if at_least.sum(Kind::Int64).int64_value(&[]) == m * k {
-        at_least
-    } else {
-        // Some row has more entries equal to its k-th value than slots left for them:
-        // keep the lowest-indexed ones, which a running count along the row identifies.
-        let above = sims.gt_tensor(&kth);
-        let slots = above.sum_dim_intlist(1, true, Kind::Int64).neg() + k;
-        let equal = sims.eq_tensor(&kth);
-        let rank = equal.cumsum(1, Kind::Int);
-        above.logical_or(&equal.logical_and(&rank.le_tensor(&slots)))
-    };
-    // nonzero lists indices in row-major order: exactly k per row, columns ascending.
-    let cols = take.nonzero().select(1, 1).view([m, k]);
-    let vals = sims.gather(1, &cols, false);
-    // A stable descending sort keeps ascending columns among equal similarities.
-    let (vals, order) = vals.sort_stable(true, 1, true);
-    let cols = cols.gather(1, &order, false);
-    let cols = cols.masked_fill(&vals.isneginf(), -1);
-    (cols, vals)
+/// For every query in order, the ranks (0-based, ascending) that the gallery entries
+/// `is_target(query, position)` selects hold in its exact neighbour order, for those
+/// ranked below `k` (clamped as in [`for_each_chunk`]): `visit(query, ranks)`.
+///
+/// The same order as [`for_each_chunk`], but only the targets' near-ties are re-scored,
+/// so asking for a few targets (a query's same-label entries) among many neighbours
+/// costs little beyond the products.
+pub fn for_each_target_ranks<T, V>(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, k: usize, options: &KnnOptions, is_target: T, mut visit: V) -> Result<()>
+where
+    T: Fn(usize, usize) -> bool + Sync,
+    V: FnMut(usize, &[usize]) -> Result<()>,
+{
+    let Some(search) = Search::new(queries, gallery, self_positions, k, options)? else { return Ok(()) };
+    search.run(
+        |mut job| {
+            let query = job.query;
+            order::target_ranks(job.query_row, job.gallery, &mut job.candidates, job.k, job.delta, |pos| is_target(query, pos as usize))
+        },
+        |start, rows: Vec<Vec<usize>>| rows.iter().enumerate().try_for_each(|(r, ranks)| visit(start + r, ranks)),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     fn rows(t: &Tensor) -> Vec<Vec<i64>> {
         let m = t.size()[0];
         (0..m).map(|i| Vec::<i64>::try_from(t.get(i)).expect("int64 row")).collect()
+    }
+
+    fn both() -> [KnnOptions; 2] {
+        [KnnOptions::default(), KnnOptions { precision: Precision::F64, ..KnnOptions::default() }]
     }
 
     #[test]
@@ -231,12 +238,13 @@ mod tests {
         // Rows 0, 2 and 3 are the same direction; row 1 is orthogonal.
         let g = Tensor::from_slice(&[1.0f64, 0.0, 0.0, 1.0, 2.0, 0.0, 1.0, 0.0]).view([4, 2]);
         let q = Tensor::from_slice(&[1.0f64, 0.0]).view([1, 2]);
-        let opts = KnnOptions::default();
-        let all = knn(&q, &g, None, 4, &opts).expect("knn");
-        assert_eq!(rows(&all.indices), vec![vec![0, 2, 3, 1]]);
-        // k = 2 cuts through the tie group {0, 2, 3}: the lowest positions are kept.
-        let two = knn(&q, &g, None, 2, &opts).expect("knn");
-        assert_eq!(rows(&two.indices), vec![vec![0, 2]]);
+        for opts in both() {
+            let all = knn(&q, &g, None, 4, &opts).expect("knn");
+            assert_eq!(rows(&all.indices), vec![vec![0, 2, 3, 1]]);
+            // k = 2 cuts through the tie group {0, 2, 3}: the lowest positions are kept.
+            let two = knn(&q, &g, None, 2, &opts).expect("knn");
+            assert_eq!(rows(&two.indices), vec![vec![0, 2]]);
+        }
     }
 
     #[test]
@@ -244,6 +252,7 @@ mod tests {
         let x = Tensor::from_slice(&[1.0f64, 0.0, 1.0, 0.0, 0.0, 1.0]).view([3, 2]);
         let nb = knn(&x, &x, Some(&[0, 1, 2]), 3, &KnnOptions::default()).expect("knn");
         assert_eq!(rows(&nb.indices), vec![vec![1, 2, -1], vec![0, 2, -1], vec![0, 1, -1]]);
+        assert_eq!(Vec::<f64>::try_from(nb.similarities.get(0)).expect("row"), vec![1.0, 0.0, f64::NEG_INFINITY]);
     }
 
     #[test]
@@ -256,9 +265,11 @@ mod tests {
         let own: Vec<i64> = (0..37).collect();
         let whole = knn(&x, &x, Some(&own), 9, &KnnOptions::default()).expect("knn");
         for chunk in [1, 4, 36] {
-            let opts = KnnOptions { chunk: Some(chunk), ..KnnOptions::default() };
-            let part = knn(&x, &x, Some(&own), 9, &opts).expect("knn");
-            assert!(part.indices.equal(&whole.indices), "chunk {chunk} changed the neighbours");
+            for opts in both() {
+                let opts = KnnOptions { chunk: Some(chunk), ..opts };
+                let part = knn(&x, &x, Some(&own), 9, &opts).expect("knn");
+                assert!(part.indices.equal(&whole.indices), "chunk {chunk} {opts:?} changed the neighbours");
+            }
         }
         // Within each row: similarities never increase, and positions rise among equals.
         let (idx, sim) = (rows(&whole.indices), whole.similarities);
@@ -267,6 +278,43 @@ mod tests {
             for j in 1..row.len() {
                 assert!(s[j] < s[j - 1] || (s[j] == s[j - 1] && row[j] > row[j - 1]), "row {i}: {row:?} {s:?}");
             }
+        }
+    }
+
+    #[test]
+    fn worker_threads_do_not_change_the_result() {
+        tch::manual_seed(4);
+        // 1,200² products per chunk: enough for the search to split a chunk over threads
+        // (when libtorch has more than one); duplicated rows make exact ties.
+        let base = Tensor::randn([900, 16], (Kind::Float, Device::Cpu));
+        let x = base.index_select(0, &Tensor::randint(900, [1200], (Kind::Int64, Device::Cpu)));
+        let own: Vec<i64> = (0..1200).collect();
+        let threads = tch::get_num_threads();
+        let split = knn(&x, &x, Some(&own), 40, &KnnOptions::default()).expect("knn");
+        assert_eq!(tch::get_num_threads(), threads, "the search must restore libtorch's thread count");
+        // One query per chunk is below the threading threshold: a single thread.
+        let single = knn(&x, &x, Some(&own), 40, &KnnOptions { chunk: Some(1), ..KnnOptions::default() }).expect("knn");
+        assert!(split.indices.equal(&single.indices) && split.similarities.equal(&single.similarities));
+    }
+
+    #[test]
+    fn target_ranks_are_the_positions_in_the_full_list() {
+        tch::manual_seed(8);
+        let base = Tensor::randn([6, 8], (Kind::Float, Device::Cpu));
+        let x = base.index_select(0, &Tensor::randint(6, [50], (Kind::Int64, Device::Cpu)));
+        let own: Vec<i64> = (0..50).collect();
+        let target = |q: usize, p: usize| (q * 7 + p * 3).is_multiple_of(5);
+        for k in [3, 17, 50] {
+            let full = rows(&knn(&x, &x, Some(&own), k, &KnnOptions::default()).expect("knn").indices);
+            let mut seen = 0;
+            for_each_target_ranks(&x, &x, Some(&own), k, &KnnOptions::default(), target, |q, ranks| {
+                let want: Vec<usize> = (0..full[q].len()).filter(|&r| full[q][r] >= 0 && target(q, full[q][r] as usize)).collect();
+                assert_eq!(ranks, want.as_slice(), "query {q}, k {k}");
+                seen += 1;
+                Ok(())
+            })
+            .expect("ranks");
+            assert_eq!(seen, 50);
         }
     }
 }

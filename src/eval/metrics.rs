@@ -51,24 +51,33 @@ impl MetricsAccumulator {
     /// shares its label; it must run at least min(depth, available) deep, where available
     /// is the number of gallery entries the query can retrieve. `r` is the query's R.
     pub fn add(&mut self, relevant: &[bool], r: usize) {
+        let ranks: Vec<usize> = relevant.iter().enumerate().filter(|(_, &x)| x).map(|(i, _)| i).collect();
+        self.add_ranks(&ranks, r);
+    }
+
+    /// Adds one query from the 0-based ranks, ascending, of its same-label gallery
+    /// entries among its nearest: every such rank below min(depth, available) must be
+    /// listed (as [`add`](Self::add) needs its list that deep); deeper ones may be.
+    /// `r` is the query's R.
+    pub fn add_ranks(&mut self, ranks: &[usize], r: usize) {
         if r == 0 {
             self.lone += 1;
             return;
         }
         self.scored += 1;
-        if let Some(first) = relevant.iter().position(|&x| x) {
+        if let Some(&first) = ranks.first() {
             for (slot, &k) in self.ks.iter().enumerate() {
                 if first < k {
                     self.hits[slot] += 1;
                 }
             }
         }
-        // R never exceeds the available entries, so the top R is always in `relevant`.
+        // R never exceeds the available entries, so every rank below R is listed.
         let mut found = 0usize;
         let mut precision_sum = 0.0;
-        for (i, _) in relevant.iter().take(r).enumerate().filter(|(_, &x)| x) {
+        for &rank in ranks.iter().take_while(|&&rank| rank < r) {
             found += 1;
-            precision_sum += found as f64 / (i + 1) as f64;
+            precision_sum += found as f64 / (rank + 1) as f64;
         }
         self.map_sum += precision_sum / r as f64;
         self.r_precision_sum += found as f64 / r as f64;
@@ -107,6 +116,12 @@ mod tests {
         // R = 0: left out.
         acc.add(&[false; 5], 0);
         let m = acc.finish().expect("scored queries");
+        // The same queries given as ranks score the same, bit for bit.
+        let mut by_rank = MetricsAccumulator::new(&[1, 2, 4]);
+        by_rank.add_ranks(&[0, 2, 4], 3);
+        by_rank.add_ranks(&[1], 2);
+        by_rank.add_ranks(&[], 0);
+        assert_eq!(by_rank.finish().expect("scored queries"), m);
         assert_eq!(m.recall, vec![(1, 0.5), (2, 1.0), (4, 1.0)]);
         let map = ((1.0 + 2.0 / 3.0) / 3.0 + 0.25) / 2.0;
         assert!((m.map_at_r - map).abs() < 1e-15, "{}", m.map_at_r);

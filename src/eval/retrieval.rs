@@ -1,14 +1,14 @@
-//! Retrieval metrics of an embedded set: the chunked k-NN search feeding the metric
-//! accumulator, so only one chunk of neighbours is ever held.
-use tch::{Device, Kind, Tensor};
+//! Retrieval metrics of an embedded set: the chunked exact k-NN search reporting, per
+//! query, the ranks of its same-label gallery entries, which is all the metrics need.
+use tch::Tensor;
 
 use crate::error::{HistError, Result};
-use crate::eval::knn::{for_each_chunk, KnnOptions};
+use crate::eval::knn::{for_each_target_ranks, KnnOptions};
 use crate::eval::metrics::{MetricsAccumulator, RetrievalMetrics};
 use crate::eval::protocol::Split;
 
 /// Recall@K for each K of `ks`, MAP@R and R-Precision of `embeddings` [N, D] (any float
-/// kind, any device; the search runs there) with `labels` (one per row), under `split`.
+/// kind, any device; the products run there) with `labels` (one per row), under `split`.
 pub fn retrieval_metrics(embeddings: &Tensor, labels: &[i64], split: &Split, ks: &[usize], knn: &KnnOptions) -> Result<RetrievalMetrics> {
     let n = labels.len() as i64;
     if embeddings.dim() != 2 || embeddings.size()[0] != n {
@@ -17,13 +17,17 @@ pub fn retrieval_metrics(embeddings: &Tensor, labels: &[i64], split: &Split, ks:
     if let Some(bad) = split.query_rows.iter().chain(&split.gallery_rows).find(|&&r| r < 0 || r >= n) {
         return Err(HistError::input("split", format!("row {bad} is outside [0, {n})")));
     }
-    let device = embeddings.device();
-    let rows = |r: &[i64]| Tensor::from_slice(r).to_device(device);
-    let queries = embeddings.index_select(0, &rows(&split.query_rows));
-    let gallery = embeddings.index_select(0, &rows(&split.gallery_rows));
+    let pick = |r: &[i64]| -> Tensor {
+        // Every row in order (the same-source protocol): no copy.
+        if r.len() as i64 == n && r.iter().enumerate().all(|(i, &row)| row == i as i64) {
+            return embeddings.shallow_clone();
+        }
+        embeddings.index_select(0, &Tensor::from_slice(r).to_device(embeddings.device()))
+    };
+    let (queries, gallery) = (pick(&split.query_rows), pick(&split.gallery_rows));
     let label_of = |r: &[i64]| -> Vec<i64> { r.iter().map(|&i| labels[i as usize]).collect() };
     let query_labels = label_of(&split.query_rows);
-    let gallery_labels = Tensor::from_slice(&label_of(&split.gallery_rows)).to_device(device);
+    let gallery_labels = label_of(&split.gallery_rows);
     let r_counts = split.relevant_counts(labels);
 
     let mut acc = MetricsAccumulator::new(ks);
@@ -31,21 +35,10 @@ pub fn retrieval_metrics(embeddings: &Tensor, labels: &[i64], split: &Split, ks:
     if depth == 0 {
         return Err(HistError::input("ks", "is empty; give at least one K such as --ks 1"));
     }
-    for_each_chunk(&queries, &gallery, Some(&split.self_positions), depth, knn, |nb| {
-        let (m, k) = (nb.indices.size()[0], nb.indices.size()[1]);
-        let start = nb.start as usize;
-        let mine = Tensor::from_slice(&query_labels[start..start + m as usize]).to_device(device).unsqueeze(1);
-        let theirs = gallery_labels.index_select(0, &nb.indices.clamp_min(0).flatten(0, -1)).view([m, k]);
-        // A −1 slot (the query's own entry, excluded) is never relevant.
-        let relevant = theirs.eq_tensor(&mine).logical_and(&nb.indices.ge(0));
-        let flat = Vec::<u8>::try_from(relevant.to_kind(Kind::Uint8).to_device(Device::Cpu).flatten(0, -1))?;
-        let mut row = vec![false; k as usize];
-        for (i, chunk) in flat.chunks(k.max(1) as usize).enumerate() {
-            for (dst, &src) in row.iter_mut().zip(chunk) {
-                *dst = src != 0;
-            }
-            acc.add(&row, r_counts[start + i]);
-        }
+    // The query's own entry is excluded by the search, so a same-label target is never it.
+    let same_label = |query: usize, position: usize| gallery_labels[position] == query_labels[query];
+    for_each_target_ranks(&queries, &gallery, Some(&split.self_positions), depth, knn, same_label, |query, ranks| {
+        acc.add_ranks(ranks, r_counts[query]);
         Ok(())
     })?;
     acc.finish()

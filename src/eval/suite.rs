@@ -2,7 +2,7 @@
 //! from the exact k-NN search and NMI from k-means with k = number of query classes.
 use std::collections::HashSet;
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::error::{HistError, Result};
 use crate::eval::kmeans::{kmeans, KMeansOptions};
@@ -46,7 +46,7 @@ pub fn evaluate(embeddings: &Tensor, labels: &[i64], split: &Split, options: &Ev
         None => None,
         Some(km) => {
             let rows = Tensor::from_slice(&split.query_rows).to_device(embeddings.device());
-            let points = normalize_rows(&embeddings.index_select(0, &rows), options.knn.kind);
+            let points = normalize_rows(&embeddings.index_select(0, &rows), Kind::Double);
             let query_labels: Vec<i64> = split.query_rows.iter().map(|&r| labels[r as usize]).collect();
             let k = query_labels.iter().collect::<HashSet<_>>().len();
             let found = kmeans(&points, k, km)?;

@@ -1,27 +1,31 @@
 //! A small convolutional backbone sized for 2 CPU cores and 32–64 px images.
-use tch::nn::{self, ModuleT};
+use tch::nn::{self, Init};
 use tch::Tensor;
 
+use super::batch_norm::{BackboneBatchNorm, BnSpec};
 use crate::config::BatchNormMode;
+
+/// tch's BatchNorm defaults (weight drawn from U(0, 1)), which this network has always used.
+const BN_SPEC: BnSpec = BnSpec { eps: 1e-5, momentum: 0.1, weight_init: Init::Uniform { lo: 0.0, up: 1.0 } };
 
 /// One conv3×3 → BatchNorm2d → ReLU unit.
 #[derive(Debug)]
 struct ConvBn {
     conv: nn::Conv2D,
-    bn: nn::BatchNorm,
+    bn: BackboneBatchNorm,
 }
 
 impl ConvBn {
-    fn new(path: &nn::Path, c_in: i64, c_out: i64) -> Self {
+    fn new(path: &nn::Path, c_in: i64, c_out: i64, bn_mode: BatchNormMode) -> Self {
         let conv_cfg = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
         ConvBn {
             conv: nn::conv2d(path / "conv", c_in, c_out, 3, conv_cfg),
-            bn: nn::batch_norm2d(path / "bn", c_out, Default::default()),
+            bn: BackboneBatchNorm::new(&(path / "bn"), c_out, bn_mode, BN_SPEC),
         }
     }
 
-    fn forward(&self, x: &Tensor, bn_train: bool) -> Tensor {
-        self.bn.forward_t(&x.apply(&self.conv), bn_train).relu()
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.bn.forward(&x.apply(&self.conv), train).relu()
     }
 }
 
@@ -29,7 +33,6 @@ impl ConvBn {
 #[derive(Debug)]
 pub struct SmallCnn {
     units: Vec<(ConvBn, bool)>,
-    bn_mode: BatchNormMode,
     features: i64,
 }
 
@@ -48,17 +51,9 @@ impl SmallCnn {
         let units = plan
             .iter()
             .enumerate()
-            .map(|(i, &(c_in, c_out, pool))| (ConvBn::new(&(path / format!("unit{i}")), c_in, c_out), pool))
+            .map(|(i, &(c_in, c_out, pool))| (ConvBn::new(&(path / format!("unit{i}")), c_in, c_out, bn_mode), pool))
             .collect();
-        let net = SmallCnn { units, bn_mode, features: 8 * width };
-        if bn_mode == BatchNormMode::Frozen {
-            for (unit, _) in &net.units {
-                for t in [&unit.bn.ws, &unit.bn.bs].into_iter().flatten() {
-                    let _ = t.set_requires_grad(false);
-                }
-            }
-        }
-        net
+        SmallCnn { units, features: 8 * width }
     }
 
     /// Width of the pooled feature vector.
@@ -69,10 +64,9 @@ impl SmallCnn {
     /// Feature map [N, 8w, H/8, W/8]. BatchNorm uses batch statistics only when
     /// `train` and the BN mode is `local`; frozen BN always uses running statistics.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let bn_train = train && self.bn_mode == BatchNormMode::Local;
         let mut h = x.shallow_clone();
         for (unit, pool) in &self.units {
-            h = unit.forward(&h, bn_train);
+            h = unit.forward(&h, train);
             if *pool {
                 h = h.max_pool2d_default(2);
             }

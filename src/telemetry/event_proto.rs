@@ -48,7 +48,7 @@ pub struct SummaryValue {
     #[prost(message, optional, tag = "9")]
     pub metadata: Option<SummaryMetadata>,
     /// The payload.
-    #[prost(oneof = "SummaryValueKind", tags = "2, 8")]
+    #[prost(oneof = "SummaryValueKind", tags = "2, 4, 5, 8")]
     pub value: Option<SummaryValueKind>,
 }
 
@@ -58,9 +58,59 @@ pub enum SummaryValueKind {
     /// Legacy scalar, which the scalar dashboard still reads directly.
     #[prost(float, tag = "2")]
     SimpleValue(f32),
+    /// An encoded image, shown by the images dashboard.
+    #[prost(message, tag = "4")]
+    Image(SummaryImage),
+    /// A bucketed distribution, shown by the histograms and distributions dashboards.
+    #[prost(message, tag = "5")]
+    Histo(HistogramProto),
     /// A tensor, interpreted by the plugin named in the metadata.
     #[prost(message, tag = "8")]
     Tensor(TensorProto),
+}
+
+/// `tensorflow.Summary.Image`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SummaryImage {
+    /// Height in pixels.
+    #[prost(int32, tag = "1")]
+    pub height: i32,
+    /// Width in pixels.
+    #[prost(int32, tag = "2")]
+    pub width: i32,
+    /// 1 grayscale, 2 grayscale + alpha, 3 RGB, 4 RGBA.
+    #[prost(int32, tag = "3")]
+    pub colorspace: i32,
+    /// The image as a PNG (or JPEG/GIF) file.
+    #[prost(bytes = "vec", tag = "4")]
+    pub encoded_image_string: Vec<u8>,
+}
+
+/// `tensorflow.HistogramProto`: bucket `i` counts the values in
+/// `[bucket_limit[i - 1], bucket_limit[i])`, the first bucket starting at `min`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HistogramProto {
+    /// Smallest value.
+    #[prost(double, tag = "1")]
+    pub min: f64,
+    /// Largest value.
+    #[prost(double, tag = "2")]
+    pub max: f64,
+    /// Number of values.
+    #[prost(double, tag = "3")]
+    pub num: f64,
+    /// Sum of the values.
+    #[prost(double, tag = "4")]
+    pub sum: f64,
+    /// Sum of the squared values.
+    #[prost(double, tag = "5")]
+    pub sum_squares: f64,
+    /// Right edge of every bucket.
+    #[prost(double, repeated, tag = "6")]
+    pub bucket_limit: Vec<f64>,
+    /// Count of every bucket.
+    #[prost(double, repeated, tag = "7")]
+    pub bucket: Vec<f64>,
 }
 
 /// `tensorflow.SummaryMetadata`.
@@ -82,10 +132,13 @@ pub struct PluginData {
     pub content: Vec<u8>,
 }
 
+/// `tensorflow.DataType::DT_FLOAT`.
+pub const DT_FLOAT: i32 = 1;
+
 /// `tensorflow.DataType::DT_STRING`.
 pub const DT_STRING: i32 = 7;
 
-/// `tensorflow.TensorProto`, string tensors only.
+/// `tensorflow.TensorProto`: string tensors, and empty tensors of any type.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TensorProto {
     /// Element type (`tensorflow.DataType` enum value).

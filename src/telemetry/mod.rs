@@ -1,5 +1,12 @@
-//! What a run leaves behind: TensorBoard events, metrics, the run directory.
-pub mod metrics;
-pub mod run_dir;
+//! What a run leaves behind: TensorBoard events (scalars, text, images, histograms,
+//! HParams), projector files, the retrieval grid, metrics, the run directory.
 mod event_proto;
+pub mod hparams;
+mod hparams_proto;
+pub mod histogram;
+pub mod metrics;
+pub mod projector;
+pub mod retrieval_grid;
+pub mod run_dir;
 pub mod tensorboard;
+pub mod thumbnails;

@@ -1,8 +1,8 @@
 //! TensorBoard event-file writer (TFRecord framing, Event/Summary protobufs).
 //!
-//! A deliberately small writer: scalars and text are all the trainer logs, and owning the
-//! few protobuf messages (see `event_proto`) keeps the dependency tree to `prost` and
-//! `crc32c` instead of an old `protobuf` runtime and image codecs.
+//! Scalars, text, images (PNG), histograms and the HParams dashboard's summaries. Owning
+//! the few protobuf messages (see `event_proto`, `hparams_proto`) keeps the dependency tree
+//! to `prost` and `crc32c` instead of an old `protobuf` runtime and a second image crate.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -10,12 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use image::RgbImage;
 use prost::Message;
 
 use super::event_proto::{
-    Event, EventWhat, PluginData, Summary, SummaryMetadata, SummaryValue, SummaryValueKind,
-    TensorProto, TensorShapeProto, DT_STRING,
+    Event, EventWhat, PluginData, Summary, SummaryImage, SummaryMetadata, SummaryValue,
+    SummaryValueKind, TensorProto, TensorShapeProto, DT_STRING,
 };
+use super::histogram::{bucket_values, DEFAULT_BUCKETS};
+use super::hparams::{self, HParamValue, SessionStatus};
 use crate::error::{HistError, Result};
 
 /// Distinguishes writers created by one process within the same second, which would
@@ -112,6 +115,75 @@ impl SummaryWriter {
             })),
         };
         self.write_summary(value, step)
+    }
+
+    /// Records `image` under `tag` at `step`, PNG-encoded, for the images dashboard.
+    pub fn add_image(&mut self, tag: &str, image: &RgbImage, step: i64) -> Result<()> {
+        let (width, height) = image.dimensions();
+        if width == 0 || height == 0 {
+            return Err(HistError::input(
+                tag,
+                format!("image is {width}x{height}; it needs at least one pixel"),
+            ));
+        }
+        let mut png = Vec::new();
+        image
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| HistError::input(tag, format!("PNG encoding failed: {e}")))?;
+        let value = SummaryValue {
+            tag: tag.to_string(),
+            metadata: None,
+            value: Some(SummaryValueKind::Image(SummaryImage {
+                height: height as i32,
+                width: width as i32,
+                colorspace: 3,
+                encoded_image_string: png,
+            })),
+        };
+        self.write_summary(value, step)
+    }
+
+    /// Records the distribution of `values` under `tag` at `step` for the histograms and
+    /// distributions dashboards: [`DEFAULT_BUCKETS`] equal-width buckets from the smallest
+    /// to the largest value. Empty input and NaN/infinite values are refused.
+    pub fn add_histogram(&mut self, tag: &str, values: &[f64], step: i64) -> Result<()> {
+        let histogram = bucket_values(tag, values, DEFAULT_BUCKETS)?;
+        let value = SummaryValue {
+            tag: tag.to_string(),
+            metadata: None,
+            value: Some(SummaryValueKind::Histo(histogram)),
+        };
+        self.write_summary(value, step)
+    }
+
+    /// Declares this run as one HParams session: writes the experiment (a column per
+    /// hyper-parameter and per metric; `metrics` are scalar tags of this run, e.g.
+    /// `eval/recall@1`) and the session's values, at step 0. Names must be unique.
+    pub fn add_hparams(
+        &mut self,
+        hparams: &[(String, HParamValue)],
+        metrics: &[&str],
+    ) -> Result<()> {
+        let mut names: Vec<&str> = hparams.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(HistError::input(
+                "hparams",
+                format!("{} is given twice; names must be unique", pair[0]),
+            ));
+        }
+        let now = wall_time();
+        self.write_summary(hparams::experiment_summary(hparams, metrics, now), 0)?;
+        self.write_summary(hparams::session_start_summary(hparams, now), 0)?;
+        self.flush()
+    }
+
+    /// Ends the HParams session started by [`SummaryWriter::add_hparams`] with `status`,
+    /// recorded at `step`. TensorBoard reads each hparams tag's first record in a run (all
+    /// its event files together), so a later end record of the same run is ignored.
+    pub fn end_hparams_session(&mut self, status: SessionStatus, step: i64) -> Result<()> {
+        self.write_summary(hparams::session_end_summary(status, wall_time()), step)?;
+        self.flush()
     }
 
     /// Pushes buffered records to the file so a running TensorBoard sees them.

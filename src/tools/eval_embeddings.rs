@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::parse_device;
 use crate::error::{HistError, Result};
 use crate::eval::kmeans::KMeansOptions;
-use crate::eval::knn::KnnOptions;
+use crate::eval::knn::{KnnOptions, Precision};
 use crate::eval::{evaluate, EvalOptions, EvalReport, Split};
 
 /// Tensor names an embeddings file may hold.
@@ -27,6 +27,8 @@ pub struct EvalArgs {
     pub json: bool,
     /// Queries per k-NN chunk (default: about 2^26 similarities per chunk).
     pub chunk: Option<usize>,
+    /// Float kind of the k-NN products, `f32` or `f64` (the ranking is exact either way).
+    pub precision: String,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// k-means restarts for NMI; 0 skips NMI.
@@ -105,13 +107,15 @@ pub fn options(args: &EvalArgs) -> Result<EvalOptions> {
     if args.chunk == Some(0) {
         return Err(HistError::input("--chunk", "must be >= 1 query per chunk"));
     }
+    let precision = Precision::parse(&args.precision)
+        .ok_or_else(|| HistError::input("--precision", format!("must be f32 or f64, got {:?}", args.precision)))?;
     let kmeans = (args.kmeans_restarts > 0).then(|| KMeansOptions {
         restarts: args.kmeans_restarts,
         max_iter: args.kmeans_iters,
         seed: args.seed,
         ..KMeansOptions::default()
     });
-    Ok(EvalOptions { ks, knn: KnnOptions { chunk: args.chunk, ..KnnOptions::default() }, kmeans })
+    Ok(EvalOptions { ks, knn: KnnOptions { chunk: args.chunk, precision }, kmeans })
 }
 
 /// Loads `path`, evaluates on `args.device` and returns the report.

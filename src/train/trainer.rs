@@ -1,6 +1,8 @@
 //! The training loop of one rank: data → model → HIST loss → optimiser, evaluation at
 //! epoch ends, and — on rank 0 only — telemetry and the final parameters.
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tch::nn::VarStore;
@@ -11,16 +13,21 @@ use super::param_groups::{base_lrs, param_groups, scheduled_lr, set_trunk_frozen
 use super::step::{check_shardable, train_step, StepBatch};
 use super::resume::{choose_checkpoint, compat, load_compatible, restore, Checkpointing, ResumePoint};
 use super::stop::{StopFlag, StopReason};
-use crate::config::{parse_device, Config, DataSource, OptimName};
+use crate::config::{parse_device, BadImagePolicy, Config, DataSource, OptimName};
 use crate::data::sampler::BalancedSampler;
-use crate::data::{folder, synthetic, Splits};
+use crate::data::pipeline::{Dataset, PipelineSpec, PlanRange, SplitImages, TrainBatches};
+use crate::data::{folder, synthetic};
 use crate::dist::grad_sync::{broadcast_from_rank0, GradRule};
 use crate::dist::Collectives;
 use crate::error::{HistError, Result};
-use crate::eval::{embed_sharded, recall_at_k};
+use crate::eval::knn::KnnOptions;
+use crate::eval::retrieval::retrieval_metrics;
+use crate::eval::{embed_sharded, recall_at_k, Split};
 use crate::loss::{HistHyper, HistLoss};
 use crate::model::EmbeddingModel;
+use crate::telemetry::hparams::SessionStatus;
 use crate::telemetry::metrics::{EpochRecord, RunLogger};
+use crate::telemetry::projector::EmbeddingSet;
 use crate::telemetry::run_dir::{clear_metrics, prepare_run_dir, truncate_metrics_after};
 
 /// What a finished run reports.
@@ -38,17 +45,18 @@ pub struct TrainSummary {
     pub stopped: Option<StopReason>,
 }
 
-/// Loads the configured dataset.
-pub fn load_data(config: &Config) -> Result<Splits> {
+/// Loads the configured dataset: the synthetic data decoded in memory; folders and
+/// benchmarks as listings whose files the image pipeline streams.
+pub fn load_data(config: &Config) -> Result<Dataset> {
     let d = &config.data;
     match d.source {
-        DataSource::Synthetic => Ok(synthetic::generate(&d.synthetic, d.image_size, config.seed)),
+        DataSource::Synthetic => Ok(Dataset::in_memory(synthetic::generate(&d.synthetic, d.image_size, config.seed))),
         DataSource::Folder => {
             let root = d.root.as_deref().unwrap_or_default();
-            folder::load_folder(Path::new(root), &d.folder, d.image_size)
+            Ok(Dataset::streamed(folder::list_folder(Path::new(root), &d.folder)?))
         }
         DataSource::Cub | DataSource::Cars | DataSource::Sop | DataSource::Inshop => {
-            use crate::data::datasets::{load_benchmark, Benchmark};
+            use crate::data::datasets::{list_benchmark, Benchmark};
             let kind = match d.source {
                 DataSource::Cub => Benchmark::Cub,
                 DataSource::Cars => Benchmark::Cars,
@@ -56,7 +64,7 @@ pub fn load_data(config: &Config) -> Result<Splits> {
                 _ => Benchmark::InShop,
             };
             let root = d.root.as_deref().unwrap_or_default();
-            load_benchmark(kind, Path::new(root), d.image_size)
+            Ok(Dataset::streamed(list_benchmark(kind, Path::new(root))?))
         }
     }
 }
@@ -108,10 +116,71 @@ fn reduction_rules(optimizer: &Optimizer) -> Vec<(Tensor, GradRule)> {
         .collect()
 }
 
-fn evaluate(pg: &mut dyn Collectives, config: &Config, state: &TrainState, splits: &Splits, device: Device) -> Result<Vec<(usize, f64)>> {
-    let emb = embed_sharded(pg, &state.model, &splits.test, config.eval.batch_size, config.dtype.kind(), device)?;
-    let r = recall_at_k(&emb, &splits.test.labels, &config.eval.ks);
-    Ok(config.eval.ks.iter().copied().zip(r).collect())
+/// What one evaluation of the test split found.
+struct Evaluation {
+    /// (K, Recall@K) for every configured K.
+    recall: Vec<(usize, f64)>,
+    /// Test images left out as unreadable (`data.on_bad_image: skip`).
+    skipped: Vec<usize>,
+    /// The test embeddings [n, D] of the images evaluated (every rank holds all of them).
+    embeddings: Tensor,
+    /// Their labels.
+    labels: Vec<i64>,
+    /// Their indices in the test split.
+    kept: Vec<usize>,
+}
+
+/// Recall@K of the test split — same-source, or query vs gallery for In-Shop — and the
+/// test images skipped as unreadable.
+fn evaluate(
+    pg: &mut dyn Collectives,
+    config: &Config,
+    state: &TrainState,
+    data: &Dataset,
+    spec: &Arc<PipelineSpec>,
+    device: Device,
+) -> Result<Evaluation> {
+    let emb = embed_sharded(pg, &state.model, &data.test, spec, config.eval.batch_size, config.dtype.kind(), device)?;
+    let labels = data.test.labels_of(&emb.kept);
+    let r = match &data.query_gallery {
+        None => recall_at_k(&emb.embeddings, &labels, &config.eval.ks),
+        Some(qg) => {
+            let query: Vec<bool> = emb.kept.iter().map(|&i| qg.query[i]).collect();
+            let gallery: Vec<bool> = emb.kept.iter().map(|&i| qg.gallery[i]).collect();
+            let split = Split::from_masks(labels.len(), Some(&query), Some(&gallery))?;
+            let metrics = retrieval_metrics(&emb.embeddings, &labels, &split, &config.eval.ks, &KnnOptions::default())?;
+            metrics.recall.into_iter().map(|(_, v)| v).collect()
+        }
+    };
+    let kept: HashSet<usize> = emb.kept.iter().copied().collect();
+    let skipped = (0..data.test.len()).filter(|i| !kept.contains(i)).collect();
+    Ok(Evaluation { recall: config.eval.ks.iter().copied().zip(r).collect(), skipped, embeddings: emb.embeddings, labels, kept: emb.kept })
+}
+
+/// Prints a warning naming each newly skipped image of `split` (rank 0 calls this).
+fn warn_skipped(say: &dyn Fn(&str), warned: &mut HashSet<(bool, usize)>, split: &SplitImages, test: bool, samples: &[usize]) {
+    for &sample in samples {
+        if warned.insert((test, sample)) {
+            say(&format!("warning: skipped an unreadable {} image: {}", if test { "test" } else { "training" }, split.why_unreadable(sample)));
+        }
+    }
+}
+
+/// What TensorBoard shows of an evaluation besides Recall@K: the retrieval grid and the
+/// histograms of embedding norms and prototype log-variances (docs/usage.md).
+fn log_evaluation(logger: &mut RunLogger, step: usize, eval: &Evaluation, test: &SplitImages, state: &TrainState) -> Result<()> {
+    let norms = eval.embeddings.norm_scalaropt_dim(2.0, [1i64].as_slice(), false);
+    let log_vars = state.loss.prototypes.log_vars.detach().clamp(0.0, 6.0);
+    logger.log_histograms(step, &[("eval/embedding_norm", &norms), ("loss/prototype_log_var", &log_vars)])?;
+    logger.log_retrieval_grid(step, &eval.embeddings, &eval.labels, |i| test.rgb_image(eval.kept[i]))
+}
+
+/// The test set in TensorBoard's embedding projector, with a thumbnail sprite.
+fn write_test_projector(logger: &RunLogger, eval: &Evaluation, test: &SplitImages) -> Result<()> {
+    let set = EmbeddingSet { name: "test", embeddings: &eval.embeddings, labels: &eval.labels, class_names: test.class_names() };
+    let mut thumbnail = |i: usize| test.rgb_image(eval.kept[i]);
+    logger.write_projector(&set, Some(&mut thumbnail))?;
+    Ok(())
 }
 
 fn format_recall(r: &[(usize, f64)]) -> String {
@@ -164,7 +233,20 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         t_data.elapsed().as_secs_f64(),
         pg.world_size()
     ));
-    let sampler = BalancedSampler::new(&splits.train.labels, config.data.batch_size, config.data.ipc, config.seed)?;
+    let sampler = BalancedSampler::new(splits.train.labels(), config.data.batch_size, config.data.ipc, config.seed)?;
+    let spec = Arc::new(PipelineSpec::from_config(&config.data, config.model.backbone, config.seed));
+    if splits.is_streamed() {
+        say(&format!(
+            "images: {} decode thread(s) per rank, {} batch(es) ahead; train crop {} px, test {} px from {} ({:?} input)",
+            spec.threads,
+            spec.prefetch,
+            spec.train_crop,
+            spec.test_crop,
+            spec.test_resize,
+            spec.convention
+        ));
+    }
+    let mut warned: HashSet<(bool, usize)> = HashSet::new();
     let state = build_state(config, splits.train.num_classes() as i64, device);
     let mut all_vars: Vec<(String, Tensor)> = state.vs.variables().into_iter().collect();
     all_vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -206,13 +288,34 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         // A restart of a run that failed before its first checkpoint begins again.
         clear_metrics(dir)?;
     }
+    if point.global_step == 0 {
+        // A fresh run starts from model.pretrained (every rank reads it); a resumed one from its checkpoint.
+        match crate::model::pretrained::load_configured(&state.vs, &config.model) {
+            Ok(Some(summary)) => say(&summary.to_string()),
+            Ok(None) => {}
+            Err(e) => {
+                // As for unreadable data: a run that never started leaves no folder behind.
+                if let (Some(dir), true) = (run_dir, created_run_dir) {
+                    drop(logger);
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                return Err(e);
+            }
+        }
+        if let Some(l) = logger.as_mut() {
+            l.log_hparams(config)?;
+        }
+    }
 
     let mut initial_recall = None;
     if config.train.eval_at_start && point.global_step == 0 {
-        let r = evaluate(pg, config, &state, &splits, device)?;
+        let eval = evaluate(pg, config, &state, &splits, &spec, device)?;
+        warn_skipped(&say, &mut warned, &splits.test, true, &eval.skipped);
+        let r = eval.recall.clone();
         say(&format!("epoch 0/{}  (initialisation)  {}", config.train.epochs, format_recall(&r)));
         if let Some(l) = logger.as_mut() {
             l.epoch(&EpochRecord { epoch: 0, step: 0, losses: None, recall: r.clone() })?;
+            log_evaluation(l, 0, &eval, &splits.test, &state)?;
         }
         initial_recall = Some(r);
     }
@@ -221,6 +324,10 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     let mut global_step = point.global_step;
     let mut final_recall = Vec::new();
     let mut stopped: Option<StopReason> = None;
+    let mut last_eval: Option<Evaluation> = None;
+    let (rank, world) = (pg.rank(), pg.world_size());
+    let range = PlanRange { from: (point.epoch, point.step_in_epoch), epochs: config.train.epochs, rank, world, hflip: config.data.hflip };
+    let mut batches = TrainBatches::new(&splits.train, &spec, &sampler, range)?;
     for epoch in point.epoch..config.train.epochs {
         let resumed_here = epoch == point.epoch;
         let t_epoch = Instant::now();
@@ -233,11 +340,18 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         let mut steps_run = 0usize;
         let mut stopped_early = false;
         let mut comm_seconds = 0.0f64;
+        let mut skipped_train = 0usize;
         for step in first_step..sampler.steps_per_epoch() {
             let global = sampler.batch(epoch, step);
             let flips = if config.data.hflip { sampler.flips(epoch, step, global.len()) } else { Vec::new() };
-            let batch = StepBatch { global: &global, flips: &flips, set: &splits.train };
-            let stats = train_step(pg, &state.model, &state.loss, &mut optimizer, &rules, batch, kind, device, bucket_bytes)?;
+            let local = batches.local(epoch, step, &global, &flips, rank, world, kind, device)?;
+            let batch = StepBatch { images: local.images, labels: splits.train.labels_of(&global), present: local.present };
+            let stats = train_step(pg, &state.model, &state.loss, &mut optimizer, &rules, batch, device, bucket_bytes)?;
+            if !stats.dropped.is_empty() {
+                skipped_train += stats.dropped.len();
+                let samples: Vec<usize> = stats.dropped.iter().map(|&p| global[p]).collect();
+                warn_skipped(&say, &mut warned, &splits.train, false, &samples);
+            }
             let values = stats.losses;
             comm_seconds += stats.comm_seconds;
             global_step += 1;
@@ -290,9 +404,16 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
             (steps_run * config.data.batch_size) as f64 / train_seconds.max(1e-9),
             100.0 * comm_seconds / train_seconds.max(1e-9)
         );
-        let r = evaluate(pg, config, &state, &splits, device)?;
+        let eval = evaluate(pg, config, &state, &splits, &spec, device)?;
+        warn_skipped(&say, &mut warned, &splits.test, true, &eval.skipped);
+        let (r, skipped_test) = (eval.recall.clone(), &eval.skipped);
+        let skipped = if config.data.on_bad_image == BadImagePolicy::Skip {
+            format!("; skipped unreadable images: {skipped_train} in training, {} in evaluation", skipped_test.len())
+        } else {
+            String::new()
+        };
         say(&format!(
-            "epoch {}/{}  step {}  loss {:.4} (ds {:.4}, ce {:.4})  {}  ({:.1} s; {throughput})",
+            "epoch {}/{}  step {}  loss {:.4} (ds {:.4}, ce {:.4})  {}  ({:.1} s; {throughput}{skipped})",
             epoch + 1,
             config.train.epochs,
             global_step,
@@ -303,7 +424,12 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
             t_epoch.elapsed().as_secs_f64()
         ));
         if let Some(l) = logger.as_mut() {
+            if config.data.on_bad_image == BadImagePolicy::Skip {
+                l.scalar("data/skipped_train_images", skipped_train as f64, global_step)?;
+                l.scalar("data/skipped_test_images", skipped_test.len() as f64, global_step)?;
+            }
             l.epoch(&EpochRecord { epoch: epoch + 1, step: global_step, losses: Some(losses), recall: r.clone() })?;
+            log_evaluation(l, global_step, &eval, &splits.test, &state)?;
         }
         let next = ResumePoint { epoch: epoch + 1, global_step, ..ResumePoint::default() };
         let recall_at_1 = r.iter().find(|(k, _)| *k == 1).map(|(_, v)| *v);
@@ -311,6 +437,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
             checkpoints.save(pg, &state, &optimizer, &next, recall_at_1)?;
         }
         final_recall = r;
+        last_eval = Some(eval);
         if stopped_early {
             say(&format!("stopped at train.max_steps = {}", config.train.max_steps));
             break;
@@ -318,6 +445,13 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     }
     if let (Some(dir), None) = (run_dir, stopped) {
         save_final(&state, &dir.join("final.safetensors"))?;
+        if let Some(l) = logger.as_mut() {
+            if let Some(eval) = &last_eval {
+                write_test_projector(l, eval, &splits.test)?;
+            }
+            // Only now: TensorBoard keeps the first end record, and a stopped run resumes.
+            l.end_hparams(SessionStatus::Success, global_step)?;
+        }
     }
     pg.barrier()?;
     Ok(TrainSummary { run_dir: run_dir.map(Path::to_path_buf), steps: global_step, initial_recall, final_recall, stopped })

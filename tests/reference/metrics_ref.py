@@ -2,8 +2,10 @@
 """Independent reference of the retrieval metric suite, used by tests/eval_metrics.rs to
 hold `hist eval --embeddings` to it (docs/evaluation.md).
 
-  gen   DIR   write every case below as DIR/<case>.safetensors
-  check DIR   -> JSON {case: {"numpy": ..., "pml": ..., "pml_faiss": ..., "nmi_sklearn": ...}}
+  gen        DIR  write every case below as DIR/<case>.safetensors
+  check      DIR  -> JSON {case: {"numpy": ..., "pml": ..., "pml_faiss": ..., "nmi_sklearn": ...}}
+  neighbours DIR  write DIR/<case>.neighbours.safetensors: "indices" [Q, min(20, G)], each
+                  query's nearest gallery positions in the numpy order below (−1: none left)
 
 `check` reads DIR/<case>.clusters.safetensors (our k-means assignment of the queries,
 tensor "clusters") for the NMI. Three independent computations per case:
@@ -125,13 +127,58 @@ def case_overlap(rng):
     return {"embeddings": emb, "labels": labels, "is_query": is_query, "is_gallery": is_gallery}
 
 
+def _satellites(rng, anchors, per_anchor, spacing, dim):
+    """Anchor rows, each with `per_anchor` rows at cosine 0.6 + j·spacing(anchor) to it
+    (j = 0..per_anchor−1, shuffled), otherwise random: an anchor query sees its satellites
+    as a run of near-ties spaced `spacing` apart, while they stay far from one another."""
+    rows, labels = [], []
+    for a in range(anchors):
+        q = rng.standard_normal(dim)
+        q /= np.linalg.norm(q)
+        rows.append(q)
+        labels.append(a % 4)
+        for j in rng.permutation(per_anchor):
+            r = rng.standard_normal(dim)
+            r -= (r @ q) * q
+            r /= np.linalg.norm(r)
+            cos = 0.6 + j * spacing(a)
+            rows.append(cos * q + np.sqrt(1.0 - cos * cos) * r)
+            labels.append(int(rng.integers(0, 4)))
+    return np.array(rows), np.array(labels)
+
+
+def case_near_ties(rng):
+    # Cosines 1e-9, 1e-10 and 1e-11 apart (float64 rows): float32 products (error
+    # ~1e-7) cannot order them, float64 can (error ~1e-16).
+    emb, labels = _satellites(rng, 9, 16, lambda a: 10.0 ** -(9 + a % 3), 48)
+    order = rng.permutation(len(labels))
+    return {"embeddings": emb[order], "labels": labels[order]}
+
+
+def case_near_ties_f32(rng):
+    # Satellites 1e-8 apart, stored as float32 (which moves each cosine by ~1e-9, so they
+    # stay distinct but unordered by float32 products), plus bit-identical copies of
+    # some rows: exact ties inside runs of near-ties.
+    emb, labels = _satellites(rng, 8, 14, lambda a: 1e-8, 40)
+    copies = rng.choice(len(labels), size=30, replace=False)
+    emb = np.concatenate([emb, emb[copies]]).astype(np.float32)
+    labels = np.concatenate([labels, labels[copies]])
+    order = rng.permutation(len(labels))
+    return {"embeddings": emb[order], "labels": labels[order]}
+
+
 CASES = {
     "random": case_random, "clustered": case_clustered, "separated": case_separated,
     "duplicates": case_duplicates, "signs": case_signs, "singletons": case_singletons,
     "query_gallery": case_query_gallery, "overlap": case_overlap,
+    "near_ties": case_near_ties, "near_ties_f32": case_near_ties_f32,
 }
 # Cases where pytorch-metric-learning's protocols apply (same source or disjoint sets).
-PML_CASES = {"random", "clustered", "separated", "duplicates", "signs", "singletons", "query_gallery"}
+# Not near_ties: AccuracyCalculator casts embeddings to float32 before its k-NN function
+# sees them, which erases that case's 1e-9 to 1e-11 cosine differences.
+PML_CASES = {"random", "clustered", "separated", "duplicates", "signs", "singletons", "query_gallery", "near_ties_f32"}
+# Depth of the reference neighbour lists (`neighbours`).
+NEIGHBOURS_K = 20
 
 
 def gen(out_dir):
@@ -221,6 +268,28 @@ def pml_metrics(emb, labels, q_rows, g_rows, knn_func):
     return calc.get_accuracy(e[q_rows], lab[q_rows], e[g_rows], lab[g_rows], False)
 
 
+def numpy_neighbours(emb, q_rows, g_rows, k):
+    """[Q, k] gallery positions of each query's k nearest (own row excluded), by float64
+    cosine then gallery position; −1 where the gallery runs out."""
+    u, inv = distinct_rows(emb)
+    out = np.full((len(q_rows), k), -1, dtype=np.int64)
+    for qi, i in enumerate(q_rows):
+        pos = np.flatnonzero(g_rows != i)
+        sims = (u @ u[inv[i]])[inv[g_rows[pos]]]
+        order = np.lexsort((pos, -sims))[:k]
+        out[qi, :len(order)] = pos[order]
+    return out
+
+
+def neighbours(out_dir):
+    for name in CASES:
+        t = load_file(os.path.join(out_dir, f"{name}.safetensors"))
+        q_rows, g_rows = split(t)
+        k = min(NEIGHBOURS_K, len(g_rows))
+        idx = numpy_neighbours(t["embeddings"].numpy(), q_rows, g_rows, k)
+        save_file({"indices": torch.from_numpy(idx)}, os.path.join(out_dir, f"{name}.neighbours.safetensors"))
+
+
 def check(out_dir):
     logging.getLogger("PML").setLevel(logging.ERROR)
     report = {}
@@ -247,10 +316,10 @@ def check(out_dir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["gen", "check"])
+    ap.add_argument("command", choices=["gen", "check", "neighbours"])
     ap.add_argument("dir")
     args = ap.parse_args()
-    gen(args.dir) if args.command == "gen" else check(args.dir)
+    {"gen": gen, "check": check, "neighbours": neighbours}[args.command](args.dir)
 
 
 if __name__ == "__main__":

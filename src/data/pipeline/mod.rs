@@ -1,0 +1,18 @@
+//! The streaming image pipeline for image files (folders and the benchmarks): decode
+//! (zune-jpeg / PNG), torchvision-exact train and test transforms, normalisation in the
+//! configured input convention, and a loader of worker threads that prepares whole
+//! batches ahead of the step. docs/datasets.md describes it; docs/benchmarks.md measures it.
+pub mod decode;
+pub mod geometry;
+pub mod loader;
+pub mod normalize;
+pub mod resample;
+pub mod spec;
+pub mod split;
+pub mod train_batches;
+
+pub use decode::{decode_bytes, decode_file};
+pub use loader::{BatchPlan, ImageJob, LoadedBatch, Loader, SkippedImage};
+pub use spec::{ImageOp, PipelineSpec};
+pub use split::{Dataset, FileSet, SplitImages};
+pub use train_batches::{rank_positions, LocalImages, PlanRange, TrainBatches};

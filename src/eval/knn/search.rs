@@ -1,0 +1,252 @@
+//! The chunk loop shared by every search: the gallery prepared once (exact rows on the
+//! host, product rows on the device in [`ColumnOrder`]), then per chunk of queries the
+//! queries split over worker threads, each computing its products a tile of gallery
+//! columns at a time into one reused buffer, scanning each tile for candidates while it
+//! is in cache, then doing each query's work on the host.
+use std::ops::Range;
+
+use tch::{Device, Kind, Tensor};
+
+use super::exact::Rows;
+use super::scan::{Candidate, Element};
+use super::select::{ColumnOrder, RowSelect};
+use super::{bound, check_inputs, KnnOptions, Precision};
+use crate::error::{HistError, Result};
+
+/// Products per chunk below which one thread does the chunk: spawning workers would cost
+/// more than it saves.
+const PARALLEL_MIN: usize = 1 << 20;
+
+/// One query's work: its exact row and its candidates.
+pub(super) struct RowJob<'a> {
+    /// Position of the query among all queries.
+    pub(super) query: usize,
+    /// The query's normalised float64 row.
+    pub(super) query_row: &'a [f64],
+    /// A superset of its `k` nearest (see [`select`]).
+    pub(super) candidates: Vec<Candidate>,
+    /// Neighbours it can have: the search depth, at most the gallery entries left to it.
+    pub(super) k: usize,
+    /// The normalised float64 gallery rows.
+    pub(super) gallery: &'a Rows,
+    /// The bound on |product − exact similarity|.
+    pub(super) delta: f64,
+}
+
+/// What the per-row work of every thread reads.
+struct Shared<'a> {
+    gallery: Rows,
+    order: ColumnOrder,
+    self_positions: Option<&'a [i64]>,
+    delta: f64,
+    k: usize,
+}
+
+impl Shared<'_> {
+    /// (query, its own gallery position if any, the neighbours it can have).
+    fn row_job(&self, query: usize) -> (usize, Option<usize>, usize) {
+        let own = self.self_positions.and_then(|p| usize::try_from(p[query]).ok());
+        (query, own, self.k.min(self.gallery.len() - usize::from(own.is_some())))
+    }
+}
+
+/// A prepared search: the gallery normalised (exact rows on the host, product rows on
+/// the device, columns in the shared [`ColumnOrder`]), the error bound and the chunking.
+pub(super) struct Search<'a> {
+    queries: &'a Tensor,
+    /// [D, G]: the gallery's rows in the product kind, as columns in `order`.
+    gallery_t: Tensor,
+    shared: Shared<'a>,
+    kind: Kind,
+    chunk: i64,
+    /// Neighbours per query: the requested depth clamped to the gallery size.
+    pub(super) k: usize,
+}
+
+impl<'a> Search<'a> {
+    /// `None` when there is nothing to search (no query, or k = 0).
+    pub(super) fn new(queries: &'a Tensor, gallery: &Tensor, self_positions: Option<&'a [i64]>, k: usize, options: &KnnOptions) -> Result<Option<Self>> {
+        check_inputs(queries, gallery, self_positions)?;
+        let (n, g, d) = (queries.size()[0], gallery.size()[0], gallery.size()[1]);
+        let k = k.min(g as usize);
+        if k == 0 || n == 0 {
+            return Ok(None);
+        }
+        let single = options.precision == Precision::F32;
+        let delta = bound::similarity_error(d as usize, single).ok_or_else(|| {
+            HistError::input("embeddings", format!("width {d} is too large for float32 products to bound their error; use --precision f64"))
+        })?;
+        let _guard = tch::no_grad_guard();
+        let kind = options.precision.kind();
+        let rows = Rows::normalized(gallery)?;
+        let order = ColumnOrder::new(g as usize, k);
+        let gallery_t = rows.to_tensor(Some(&order.positions), kind, queries.device()).tr();
+        let shared = Shared { gallery: rows, order, self_positions, delta, k };
+        Ok(Some(Search { queries, gallery_t, shared, kind, chunk: options.queries_per_chunk(g), k }))
+    }
+
+    /// Runs `per_row` on every query and hands each chunk's results, in query order, to
+    /// `per_chunk` with the chunk's first query.
+    ///
+    /// The queries of a chunk are split over libtorch's thread count, and each worker
+    /// computes its own products single-threaded: with libtorch's OpenMP threads doing
+    /// the products, they would spin-wait (for milliseconds) after every one, on the
+    /// cores the host work needs.
+    pub(super) fn run<R, F, V>(&self, per_row: F, mut per_chunk: V) -> Result<()>
+    where
+        R: Send,
+        F: Fn(RowJob<'_>) -> R + Sync,
+        V: FnMut(usize, Vec<R>) -> Result<()>,
+    {
+        let _guard = tch::no_grad_guard();
+        let (n, g) = (self.queries.size()[0] as usize, self.shared.gallery.len());
+        let workers = tch::get_num_threads().max(1) as usize;
+        // Workers set libtorch's thread count to 1, which also sets MKL's global count.
+        let _restore = ThreadCount(tch::get_num_threads());
+        let mut start = 0;
+        while start < n {
+            let m = (self.chunk as usize).min(n - start);
+            let threads = if m * g < PARALLEL_MIN { 1 } else { workers.min(m) };
+            let results = if threads == 1 {
+                part(&self.shared, self.kind, &self.queries.narrow(0, start as i64, m as i64), &self.gallery_t, start, &per_row)?
+            } else {
+                let per_thread = m.div_ceil(threads);
+                let parts: Vec<(usize, Tensor, Tensor)> = (0..m)
+                    .step_by(per_thread)
+                    .map(|a| {
+                        let rows = per_thread.min(m - a);
+                        (start + a, self.queries.narrow(0, (start + a) as i64, rows as i64), self.gallery_t.shallow_clone())
+                    })
+                    .collect();
+                let (shared, kind, per_row) = (&self.shared, self.kind, &per_row);
+                std::thread::scope(|s| -> Result<Vec<R>> {
+                    let handles: Vec<_> = parts
+                        .into_iter()
+                        .map(|(first, queries, gallery_t)| {
+                            s.spawn(move || {
+                                tch::set_num_threads(1);
+                                let _guard = tch::no_grad_guard();
+                                part(shared, kind, &queries, &gallery_t, first, per_row)
+                            })
+                        })
+                        .collect();
+                    let mut all = Vec::with_capacity(m);
+                    for handle in handles {
+                        // A panic in a worker is a bug here, not bad input: pass it on.
+                        all.extend(handle.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?);
+                    }
+                    Ok(all)
+                })?
+            };
+            per_chunk(start, results)?;
+            start += m;
+        }
+        Ok(())
+    }
+}
+
+/// Puts libtorch's thread count back when dropped.
+struct ThreadCount(i32);
+
+impl Drop for ThreadCount {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
+}
+
+/// One worker's share of a chunk: `per_row` on each of `queries` (the first being query
+/// `first`), its products computed tile by tile and scanned while in cache.
+fn part<R, F: Fn(RowJob<'_>) -> R>(shared: &Shared<'_>, kind: Kind, queries: &Tensor, gallery_t: &Tensor, first: usize, per_row: &F) -> Result<Vec<R>> {
+    let (m, device) = (queries.size()[0], queries.device());
+    let tiles = shared.order.tiles();
+    let widest = tiles.iter().map(|t| t.len()).max().unwrap_or(0) as i64;
+    // One buffer for every tile: it stays in cache from the product to the scan.
+    let buffer = Tensor::f_empty([m * widest], (kind, device))?;
+    let host = (device != Device::Cpu).then(|| Tensor::empty([m * widest], (kind, Device::Cpu)));
+    let query_rows = Rows::normalized(queries)?;
+    let products_input = query_rows.to_tensor(None, kind, device);
+    let jobs: Vec<(usize, Option<usize>, usize)> = (0..m as usize).map(|r| shared.row_job(first + r)).collect();
+    let mut selects: Vec<RowSelect> = jobs.iter().map(|&(_, own, k)| RowSelect::new(own, k)).collect();
+    let mut scratch = Vec::new();
+    for tile in &tiles {
+        let w = tile.len() as i64;
+        let products = buffer.narrow(0, 0, m * w).view([m, w]);
+        // Written into `products`; the returned handle is the same tensor.
+        let _ = products_input.f_mm_out(&products, &gallery_t.narrow(1, tile.start as i64, w))?;
+        let products = match &host {
+            None => products,
+            Some(h) => {
+                let mut on_host = h.narrow(0, 0, m * w).view([m, w]);
+                on_host.f_copy_(&products)?;
+                on_host
+            }
+        };
+        match kind {
+            Kind::Float => absorb::<f32>(&mut selects, &products, tile, shared, &mut scratch)?,
+            _ => absorb::<f64>(&mut selects, &products, tile, shared, &mut scratch)?,
+        }
+    }
+    let found: Vec<Option<Vec<Candidate>>> = selects.into_iter().map(|s| s.finish(shared.delta, &mut scratch)).collect();
+    let found = select_in_full(shared, kind, found, &products_input, gallery_t, &jobs)?;
+    Ok(found
+        .into_iter()
+        .enumerate()
+        .map(|(r, candidates)| {
+            let (query, _, k) = jobs[r];
+            per_row(RowJob { query, query_row: query_rows.row(r), candidates, k, gallery: &shared.gallery, delta: shared.delta })
+        })
+        .collect())
+}
+
+/// Feeds each row of the tile's `products` [rows, tile width] to its selection.
+fn absorb<E: Element>(selects: &mut [RowSelect], products: &Tensor, tile: &Range<usize>, shared: &Shared<'_>, scratch: &mut Vec<f64>) -> Result<()> {
+    let values = host_elements::<E>(products)?;
+    let w = tile.len();
+    for (r, select) in selects.iter_mut().enumerate() {
+        select.absorb(&values[r * w..(r + 1) * w], tile.clone(), &shared.order, shared.delta, scratch);
+    }
+    Ok(())
+}
+
+/// The candidates of every row, selecting in full (from recomputed products) the rows
+/// whose sample threshold was too high.
+fn select_in_full(shared: &Shared<'_>, kind: Kind, found: Vec<Option<Vec<Candidate>>>, queries: &Tensor, gallery_t: &Tensor, jobs: &[(usize, Option<usize>, usize)]) -> Result<Vec<Vec<Candidate>>> {
+    let missing: Vec<i64> = (0..found.len()).filter(|&r| found[r].is_none()).map(|r| r as i64).collect();
+    if missing.is_empty() {
+        return Ok(found.into_iter().flatten().collect());
+    }
+    let rows = queries.index_select(0, &Tensor::from_slice(&missing).to_device(queries.device()));
+    let products = rows.f_mm(gallery_t)?.to_device(Device::Cpu);
+    let mut full = match kind {
+        Kind::Float => full_rows::<f32>(host_elements(&products)?, shared, &missing, jobs),
+        _ => full_rows::<f64>(host_elements(&products)?, shared, &missing, jobs),
+    }
+    .into_iter();
+    Ok(found.into_iter().map(|f| f.unwrap_or_else(|| full.next().unwrap_or_default())).collect())
+}
+
+/// [`RowSelect::from_full_row`] on each row of `values` [missing, G].
+fn full_rows<E: Element>(values: &[E], shared: &Shared<'_>, missing: &[i64], jobs: &[(usize, Option<usize>, usize)]) -> Vec<Vec<Candidate>> {
+    let g = shared.gallery.len();
+    let mut scratch = Vec::new();
+    missing
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| {
+            let (_, own, k) = jobs[r as usize];
+            RowSelect::from_full_row(&values[i * g..(i + 1) * g], own, k, &shared.order, shared.delta, &mut scratch)
+        })
+        .collect()
+}
+
+/// The elements of a contiguous host tensor of `E`'s kind, borrowed.
+fn host_elements<E: Element>(t: &Tensor) -> Result<&[E]> {
+    if t.device() != Device::Cpu || t.kind() != E::KIND || !t.is_contiguous() {
+        return Err(HistError::input("similarities", format!("internal: expected contiguous host {:?}, got {:?} on {:?}", E::KIND, t.kind(), t.device())));
+    }
+    // SAFETY: a contiguous CPU tensor of E's kind holds numel() initialised elements of E,
+    // aligned for E, at data_ptr(); the slice borrows `t`, and no other handle to this
+    // storage writes to it while the slice lives (the buffer is only written by the next
+    // tile's product, after this tile's slices are gone).
+    Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const E, t.numel()) })
+}

@@ -1,6 +1,6 @@
 //! Progress bars with throughput and ETA for long work — training epochs, embedding
 //! extraction, evaluation — drawn on stderr only when a person is watching: stderr is a
-//! terminal (`HIST_PROGRESS=1` forces bars, `HIST_PROGRESS=0` turns them off). Logs, pipes,
+//! terminal and `HIST_PROGRESS=0` is not set. Logs, pipes,
 //! CI and workers under hist-launch (whose output is piped) see no bar and no escape codes;
 //! their epoch lines carry throughput and ETA instead.
 //!
@@ -17,11 +17,7 @@ static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
 /// Whether bars are drawn in this process (see the module docs).
 pub fn enabled() -> bool {
-    match std::env::var("HIST_PROGRESS").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => std::io::stderr().is_terminal(),
-    }
+    std::env::var("HIST_PROGRESS").as_deref() != Ok("0") && std::io::stderr().is_terminal()
 }
 
 /// One bar; cleared from the screen when finished or dropped.

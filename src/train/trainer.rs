@@ -25,6 +25,7 @@ use crate::eval::retrieval::retrieval_metrics;
 use crate::eval::{embed_sharded, recall_at_k, Split};
 use crate::loss::{HistHyper, HistLoss};
 use crate::model::EmbeddingModel;
+use crate::progress::Progress;
 use crate::telemetry::hparams::SessionStatus;
 use crate::telemetry::metrics::{EpochRecord, RunLogger};
 use crate::telemetry::projector::EmbeddingSet;
@@ -183,6 +184,16 @@ fn write_test_projector(logger: &RunLogger, eval: &Evaluation, test: &SplitImage
     Ok(())
 }
 
+/// 3725 s → "1h02m05s", 65 s → "1m05s", 9.4 s → "9s".
+fn format_duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m{sec:02}s"),
+        (h, min, sec) => format!("{h}h{min:02}m{sec:02}s"),
+    }
+}
+
 fn format_recall(r: &[(usize, f64)]) -> String {
     r.iter().map(|(k, v)| format!("R@{k} {v:.4}")).collect::<Vec<_>>().join("  ")
 }
@@ -221,7 +232,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     let mut logger = run_dir.map(RunLogger::create).transpose()?;
     let say = |line: &str| {
         if run_dir.is_some() {
-            println!("{line}");
+            crate::progress::println(line);
         }
     };
     say(&format!(
@@ -328,6 +339,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     let (rank, world) = (pg.rank(), pg.world_size());
     let range = PlanRange { from: (point.epoch, point.step_in_epoch), epochs: config.train.epochs, rank, world, hflip: config.data.hflip };
     let mut batches = TrainBatches::new(&splits.train, &spec, &sampler, range)?;
+    let t_run = Instant::now();
     for epoch in point.epoch..config.train.epochs {
         let resumed_here = epoch == point.epoch;
         let t_epoch = Instant::now();
@@ -341,6 +353,13 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         let mut stopped_early = false;
         let mut comm_seconds = 0.0f64;
         let mut skipped_train = 0usize;
+        // A bar on an attended terminal only (crate::progress); logs get the epoch line.
+        let bar = Progress::new(
+            &format!("epoch {}/{}", epoch + 1, config.train.epochs),
+            (sampler.steps_per_epoch() - first_step) as u64,
+            "steps",
+            run_dir.is_some(),
+        );
         for step in first_step..sampler.steps_per_epoch() {
             let global = sampler.batch(epoch, step);
             let flips = if config.data.hflip { sampler.flips(epoch, step, global.len()) } else { Vec::new() };
@@ -366,6 +385,8 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
             for (s, v) in sums.iter_mut().zip(values) {
                 *s += v;
             }
+            bar.inc(1);
+            bar.set_message(format!("loss {:.4}", values[0]));
             if let Some(l) = logger.as_mut() {
                 if global_step % config.train.log_every == 0 || global_step == 1 {
                     for (tag, v) in ["train/loss", "train/loss_ds", "train/loss_ce"].iter().zip(values) {
@@ -393,6 +414,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
                 checkpoints.save(pg, &state, &optimizer, &here, None)?;
             }
         }
+        drop(bar);
         if let Some(reason) = stopped {
             say(&format!("stopping at step {global_step} on {reason:?} (every rank finished the step)"));
             break;
@@ -412,8 +434,11 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         } else {
             String::new()
         };
+        let epochs_left = config.train.epochs - epoch - 1;
+        let eta = t_run.elapsed().as_secs_f64() / (epoch + 1 - point.epoch) as f64 * epochs_left as f64;
+        let eta = if epochs_left > 0 { format!("; ETA {}", format_duration(eta)) } else { String::new() };
         say(&format!(
-            "epoch {}/{}  step {}  loss {:.4} (ds {:.4}, ce {:.4})  {}  ({:.1} s; {throughput}{skipped})",
+            "epoch {}/{}  step {}  loss {:.4} (ds {:.4}, ce {:.4})  {}  ({:.1} s; {throughput}{skipped}{eta})",
             epoch + 1,
             config.train.epochs,
             global_step,

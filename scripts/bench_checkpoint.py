@@ -104,6 +104,7 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     state = build_state()
     numel = sum(t.numel() for t in state.values())
     state_file = work / "state.safetensors"
@@ -125,7 +126,8 @@ def main():
     section = f"""## Checkpoints
 
 Command: `cargo build --bin hist && $HIST_PYTHON scripts/bench_checkpoint.py --reps {args.reps}`
-(scripts/bench_checkpoint.py; {platform.node()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}).
+(scripts/bench_checkpoint.py; {platform.node()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; load average
+{load_before:.1f} before and {os.getloadavg()[0]:.1f} after — a shared machine, so compare the ratios, not the seconds).
 State: ResNet-50 (torchvision names, BN statistics), 512-d head, SOP prototypes
 ({SOP_CLASSES:,} × {DIM} means and log-variances), HGNN ({HIDDEN} hidden, {SOP_CLASSES:,} logits) and
 Adam's two moments for every trained tensor: {numel / 1e6:.1f} M values, f32. Medians of {args.reps}

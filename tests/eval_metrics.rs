@@ -261,6 +261,7 @@ fn bad_inputs_fail_with_one_line_naming_the_tensor() {
     let good = write(d, "good", &[("embeddings", emb()), ("labels", labels())]);
     expect_error(&eval_args(&good, &["--ks", "0,4"]), "--ks");
     expect_error(&eval_args(&good, &["--chunk", "0"]), "--chunk");
+    expect_error(&eval_args(&good, &["--precision", "f16"]), "--precision");
     expect_error(&eval_args(&good, &["--device", "cuda:99"]), "--device");
     expect_error(&eval_args(&good, &["--device", "tpu"]), "--device");
 }

@@ -300,21 +300,28 @@ mod tests {
     #[test]
     fn target_ranks_are_the_positions_in_the_full_list() {
         tch::manual_seed(8);
+        // Six distinct rows among 50: ties everywhere, inside and across the K boundary.
         let base = Tensor::randn([6, 8], (Kind::Float, Device::Cpu));
         let x = base.index_select(0, &Tensor::randint(6, [50], (Kind::Int64, Device::Cpu)));
         let own: Vec<i64> = (0..50).collect();
-        let target = |q: usize, p: usize| (q * 7 + p * 3).is_multiple_of(5);
-        for k in [3, 17, 50] {
-            let full = rows(&knn(&x, &x, Some(&own), k, &KnnOptions::default()).expect("knn").indices);
-            let mut seen = 0;
-            for_each_target_ranks(&x, &x, Some(&own), k, &KnnOptions::default(), target, |q, ranks| {
-                let want: Vec<usize> = (0..full[q].len()).filter(|&r| full[q][r] >= 0 && target(q, full[q][r] as usize)).collect();
-                assert_eq!(ranks, want.as_slice(), "query {q}, k {k}");
-                seen += 1;
-                Ok(())
-            })
-            .expect("ranks");
-            assert_eq!(seen, 50);
+        // A fifth of the entries (each located by a scan) or two thirds (more than 16
+        // targets per query: located by binary search).
+        let few = |q: usize, p: usize| (q * 7 + p * 3).is_multiple_of(5);
+        let many = |q: usize, p: usize| !(q + p).is_multiple_of(3);
+        let targets: [&(dyn Fn(usize, usize) -> bool + Sync); 2] = [&few, &many];
+        for target in targets {
+            for k in [3, 17, 50] {
+                let full = rows(&knn(&x, &x, Some(&own), k, &KnnOptions::default()).expect("knn").indices);
+                let mut seen = 0;
+                for_each_target_ranks(&x, &x, Some(&own), k, &KnnOptions::default(), target, |q, ranks| {
+                    let want: Vec<usize> = (0..full[q].len()).filter(|&r| full[q][r] >= 0 && target(q, full[q][r] as usize)).collect();
+                    assert_eq!(ranks, want.as_slice(), "query {q}, k {k}");
+                    seen += 1;
+                    Ok(())
+                })
+                .expect("ranks");
+                assert_eq!(seen, 50);
+            }
         }
     }
 }

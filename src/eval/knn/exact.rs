@@ -18,8 +18,12 @@ impl Rows {
     /// [`dot`]; a zero row stays zero.
     pub(super) fn normalized(x: &Tensor) -> Result<Rows> {
         let (rows, width) = (x.size()[0] as usize, x.size()[1] as usize);
-        let flat = x.to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view([-1]);
-        let mut data = Vec::<f64>::try_from(&flat)?;
+        let flat = x.to_device(Device::Cpu).contiguous().view([-1]);
+        // Float32 input is widened here, in one copy, rather than by a float64 tensor.
+        let mut data: Vec<f64> = match flat.kind() {
+            Kind::Float => Vec::<f32>::try_from(&flat)?.into_iter().map(f64::from).collect(),
+            _ => Vec::<f64>::try_from(&flat.to_kind(Kind::Double))?,
+        };
         if width > 0 {
             for row in data.chunks_exact_mut(width) {
                 let norm = dot(row, row).sqrt().max(NORM_EPS);

@@ -72,7 +72,8 @@ impl ColumnOrder {
     /// Column ranges of the tiles, in order: the sample, then [`TILE_COLUMNS`] at a time.
     pub(super) fn tiles(&self) -> Vec<Range<usize>> {
         let g = self.positions.len();
-        let mut tiles = vec![0..self.sample];
+        let mut tiles = Vec::new();
+        tiles.push(0..self.sample);
         let mut start = self.sample;
         while start < g {
             tiles.push(start..(start + TILE_COLUMNS).min(g));

@@ -53,10 +53,24 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Retrieval metrics (Recall@K, MAP@R, R-Precision, NMI) of stored embeddings (docs/evaluation.md).
+    /// Retrieval metrics (Recall@K, MAP@R, R-Precision, NMI) of a trained model on its test
+    /// split (--checkpoint) or of stored embeddings (--embeddings); docs/evaluation.md.
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["checkpoint", "embeddings"])))]
     Eval {
+        /// Checkpoint folder (runs/NAME/checkpoints/best, a step-… folder) or parameter file
+        /// (runs/NAME/final.safetensors); one rank, or many under hist-launch.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// With --checkpoint: the config to evaluate with (default: the one it was trained with).
+                config: Option<PathBuf>,
+        /// With --checkpoint: override a config key, e.g. --set data.root=/data/CUB_200_2011 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// With --checkpoint: also write the test embeddings here, for --embeddings.
+        #[arg(long, value_name = "FILE")]
+        save_embeddings: Option<PathBuf>,
         /// Safetensors with embeddings [N, D], labels [N] and optional is_query / is_gallery masks.
-        #[arg(long, required = true)]
+        #[arg(long)]
         embeddings: Option<PathBuf>,
         /// K of Recall@K, comma-separated.
         #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8])]
@@ -64,15 +78,18 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write the JSON object to FILE (rank 0).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         /// Queries per k-NN chunk (default: about 2^26 similarities per chunk).
         #[arg(long)]
         chunk: Option<usize>,
         /// Float kind of the k-NN products: f32 (fast) or f64; the ranking is exact either way.
         #[arg(long, default_value = "f32")]
         precision: String,
-        /// cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// cpu, cuda or cuda:N (default: cpu for --embeddings, the config's for --checkpoint).
+        #[arg(long)]
+        device: Option<String>,
         /// k-means restarts for NMI (0 skips NMI).
         #[arg(long, default_value_t = 1)]
         kmeans_restarts: usize,
@@ -188,6 +205,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Train { config, run_dir, overrides, resume, restart } => {
             let mut config = resolve_config(config.as_ref(), &overrides)?;
             let env = DistEnv::from_process_env()?;
+            hist::progress::show_on_this_rank(env.rank == 0);
             if config.device == "cuda" {
                 // One GPU per local rank unless the config names one.
                 config.device = format!("cuda:{}", env.local_rank);
@@ -217,10 +235,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let config = resolve_config(config.as_ref(), &overrides)?;
             print!("{}", serde_yaml_ng::to_string(&config).context("serialising the config")?);
         }
-        Command::Eval { embeddings, ks, json, chunk, precision, device, kmeans_restarts, kmeans_iters, seed } => {
-            let path = embeddings.context("give --embeddings FILE.safetensors")?;
-            let args = hist::tools::eval_embeddings::EvalArgs { ks, json, chunk, precision, device, kmeans_restarts, kmeans_iters, seed };
-            hist::tools::eval_embeddings::run(&path, &args)?
+        Command::Eval { checkpoint, config, overrides, save_embeddings, embeddings, ks, json, report, chunk, precision, device, kmeans_restarts, kmeans_iters, seed } => {
+            let metrics = hist::tools::eval_embeddings::EvalArgs {
+                ks, json, chunk, precision, device: device.clone().unwrap_or_else(|| "cpu".into()), kmeans_restarts, kmeans_iters, seed,
+                report_file: report,
+            };
+            match (checkpoint, embeddings) {
+                (Some(checkpoint), _) => {
+                    let args = hist::tools::eval_checkpoint::CheckpointEvalArgs { checkpoint, config, overrides, device, save_embeddings, metrics };
+                    hist::tools::eval_checkpoint::run(&args)?
+                }
+                (None, Some(path)) => {
+                    if config.is_some() || !overrides.is_empty() || save_embeddings.is_some() {
+                        anyhow::bail!("CONFIG, --set and --save-embeddings go with --checkpoint, not --embeddings");
+                    }
+                    hist::tools::eval_embeddings::run(&path, &metrics)?
+                }
+                (None, None) => anyhow::bail!("give --checkpoint DIR or --embeddings FILE.safetensors"),
+            }
         }
         Command::InspectLoss { input, output } => hist::tools::inspect_loss::run(&input, &output)?,
         Command::NcclCheck => hist::tools::nccl_check::run()?,

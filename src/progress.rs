@@ -7,6 +7,7 @@
 //! Lines printed while a bar is shown must go through [`println`], which lifts the bar,
 //! prints, and draws it again, so the log stays clean.
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,9 +16,17 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// The bar on screen, if any: [`println`] needs it to keep output and bar apart.
 static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
+/// Cleared on every rank but 0 of a job, so a shared terminal shows one set of bars.
+static THIS_RANK_SHOWS: AtomicBool = AtomicBool::new(true);
+
+/// Says whether this process draws bars at all (a worker calls it with `rank == 0`).
+pub fn show_on_this_rank(show: bool) {
+    THIS_RANK_SHOWS.store(show, Ordering::Relaxed);
+}
+
 /// Whether bars are drawn in this process (see the module docs).
 pub fn enabled() -> bool {
-    std::env::var("HIST_PROGRESS").as_deref() != Ok("0") && std::io::stderr().is_terminal()
+    THIS_RANK_SHOWS.load(Ordering::Relaxed) && std::env::var("HIST_PROGRESS").as_deref() != Ok("0") && std::io::stderr().is_terminal()
 }
 
 /// One bar; cleared from the screen when finished or dropped.

@@ -101,7 +101,7 @@ fn metrics_match_the_reference() {
         let file: PathBuf = dir.path().join(format!("{name}.safetensors"));
         let json = cli_json(&file, chunk);
         // The library with the CLI's options: same numbers, plus the clustering for NMI.
-        let args = EvalArgs { ks: KS.to_vec(), json: true, chunk, precision: "f32".into(), device: "cpu".into(), kmeans_restarts: 3, kmeans_iters: 50, seed: 0 };
+        let args = EvalArgs { ks: KS.to_vec(), json: true, chunk, precision: "f32".into(), device: "cpu".into(), kmeans_restarts: 3, kmeans_iters: 50, seed: 0, report_file: None };
         let report = evaluate_file(&file, &args).expect("library evaluation");
         for (key, value) in report.metrics() {
             let printed = json.get(&key).map(|v| num(v, &key)).unwrap_or_else(|| panic!("{name}: --json lacks {key}"));

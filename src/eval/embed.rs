@@ -11,6 +11,7 @@ use crate::dist::gather::gather;
 use crate::dist::Collectives;
 use crate::error::Result;
 use crate::model::EmbeddingModel;
+use crate::progress::Progress;
 
 /// The embeddings of a split's readable images.
 #[derive(Debug)]
@@ -43,6 +44,7 @@ fn embed_range(
     let _guard = tch::no_grad_guard();
     let batch = batch.max(1);
     let chunks: Vec<Range<usize>> = range.clone().step_by(batch).map(|s| s..(s + batch).min(range.end)).collect();
+    let bar = Progress::new("embedding", range.len() as u64, "img", true);
     let embed = |images: &Tensor| model.forward(&images.to_kind(kind).to_device(device), false).to_device(Device::Cpu);
     let mut parts = Vec::new();
     let mut present = Vec::with_capacity(range.len());
@@ -52,6 +54,7 @@ fn embed_range(
                 let idx: Vec<usize> = chunk.clone().collect();
                 parts.push(embed(&set.batch(&idx, &[], kind, Device::Cpu)));
                 present.extend(std::iter::repeat_n(true, idx.len()));
+                bar.inc(idx.len() as u64);
             }
             if parts.is_empty() {
                 // An empty shard still has the embedding width, so the gather's shapes agree.
@@ -69,6 +72,7 @@ fn embed_range(
                 let loaded = loaded?;
                 let out = embed(&loaded.images);
                 parts.push(scatter_rows(&out, &loaded.present));
+                bar.inc(loaded.present.len() as u64);
                 present.extend(loaded.present);
             }
             if parts.is_empty() {

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
 use crate::error::{HistError, Result};
+use crate::progress::Progress;
 
 /// How k-means runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,9 +63,13 @@ pub fn kmeans(points: &Tensor, k: usize, options: &KMeansOptions) -> Result<Clus
     let x_sq = x.square().sum_dim_intlist(1, false, None::<Kind>);
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut best: Option<Clustering> = None;
-    for _ in 0..options.restarts.max(1) {
+    let restarts = options.restarts.max(1);
+    let bar = Progress::new("k-means", (restarts * options.max_iter) as u64, "iters", true);
+    for restart in 0..restarts {
+        bar.set_message(format!("start {}/{restarts}: seeding", restart + 1));
         let centres = kmeans_plus_plus(&x, &x_sq, k as i64, options.chunk.max(1) as i64, &mut rng)?;
-        let run = lloyd(&x, &x_sq, centres, options)?;
+        bar.set_message(format!("start {}/{restarts}: Lloyd", restart + 1));
+        let run = lloyd(&x, &x_sq, centres, options, &bar)?;
         if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
             best = Some(run);
         }
@@ -146,7 +151,7 @@ fn assign(x: &Tensor, x_sq: &Tensor, centres: &Tensor, chunk: i64) -> Result<(Te
 }
 
 /// Lloyd iterations from `centres` until the assignments repeat or `max_iter` runs.
-fn lloyd(x: &Tensor, x_sq: &Tensor, mut centres: Tensor, options: &KMeansOptions) -> Result<Clustering> {
+fn lloyd(x: &Tensor, x_sq: &Tensor, mut centres: Tensor, options: &KMeansOptions, bar: &Progress) -> Result<Clustering> {
     let k = centres.size()[0];
     let chunk = options.chunk.max(1) as i64;
     let (mut labels, mut dists) = assign(x, x_sq, &centres, chunk)?;
@@ -158,7 +163,10 @@ fn lloyd(x: &Tensor, x_sq: &Tensor, mut centres: Tensor, options: &KMeansOptions
         let converged = new_labels.equal(&labels);
         labels = new_labels;
         dists = new_dists;
+        bar.inc(1);
         if converged {
+            // The iterations this start will not run.
+            bar.inc((options.max_iter - iterations) as u64);
             break;
         }
     }

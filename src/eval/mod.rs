@@ -10,6 +10,7 @@ pub mod recall;
 pub mod report;
 pub mod retrieval;
 pub mod suite;
+pub mod test_split;
 
 pub use embed::{embed_all, embed_sharded};
 pub use protocol::Split;

@@ -5,7 +5,7 @@
 //! query–gallery protocol, `is_query` / `is_gallery` [N] bool or uint8 (0/1) masks; a
 //! missing mask selects every row.
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
@@ -37,6 +37,9 @@ pub struct EvalArgs {
     pub kmeans_iters: usize,
     /// Seed of k-means.
     pub seed: u64,
+    /// Also write the JSON object to this file (handy under hist-launch, which prefixes
+    /// every printed line with its rank).
+    pub report_file: Option<PathBuf>,
 }
 
 /// A validated embeddings file.
@@ -131,13 +134,23 @@ pub fn evaluate_file(path: &Path, args: &EvalArgs) -> Result<EvalReport> {
     evaluate(&input.embeddings.to_device(device), &input.labels, &input.split, &options)
 }
 
-/// `hist eval --embeddings`: prints the report as JSON or a table.
-pub fn run(path: &Path, args: &EvalArgs) -> Result<()> {
-    let report = evaluate_file(path, args)?;
+/// Prints `report` as one JSON object or as a table on stdout, and writes the JSON object
+/// to `args.report_file` if asked.
+pub fn print_report(report: &EvalReport, args: &EvalArgs) -> Result<()> {
     if args.json {
         println!("{}", report.to_json());
     } else {
         print!("{}", report.to_table());
     }
+    if let Some(path) = &args.report_file {
+        std::fs::write(path, format!("{}\n", report.to_json()))
+            .map_err(|e| HistError::Io { path: path.clone(), message: format!("cannot write the report: {e}") })?;
+    }
     Ok(())
+}
+
+/// `hist eval --embeddings`: prints the report as JSON or a table.
+pub fn run(path: &Path, args: &EvalArgs) -> Result<()> {
+    let report = evaluate_file(path, args)?;
+    print_report(&report, args)
 }

@@ -18,7 +18,6 @@ Run from the repository root, after `cargo build --bin hist`:
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -29,7 +28,8 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_common import ROOT, loadavg, machine, write_section
+
 SOP_CLASSES = 11_318
 DIM = 512
 HIDDEN = 512
@@ -104,7 +104,7 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     torch.set_num_threads(1)
-    load_before = os.getloadavg()[0]
+    load_before = loadavg()
     state = build_state()
     numel = sum(t.numel() for t in state.values())
     state_file = work / "state.safetensors"
@@ -126,8 +126,8 @@ def main():
     section = f"""## Checkpoints
 
 Command: `cargo build --bin hist && $HIST_PYTHON scripts/bench_checkpoint.py --reps {args.reps}`
-(scripts/bench_checkpoint.py; {platform.node()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; load average
-{load_before:.1f} before and {os.getloadavg()[0]:.1f} after — a shared machine, so compare the ratios, not the seconds).
+(scripts/bench_checkpoint.py; {time.strftime('%Y-%m-%d')}; {machine()}; load average
+{load_before} before and {loadavg()} after — a shared machine, so compare the ratios, not the seconds).
 State: ResNet-50 (torchvision names, BN statistics), 512-d head, SOP prototypes
 ({SOP_CLASSES:,} × {DIM} means and log-variances), HGNN ({HIDDEN} hidden, {SOP_CLASSES:,} logits) and
 Adam's two moments for every trained tensor: {numel / 1e6:.1f} M values, f32. Medians of {args.reps}
@@ -149,15 +149,7 @@ resume right after a save.
     print(section)
     if args.no_write:
         return
-    doc = ROOT / "docs/benchmarks.md"
-    text = doc.read_text()
-    start = text.find("## Checkpoints")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.write_text(text)
+    write_section(ROOT / "docs/benchmarks.md", "## Checkpoints", section)
 
 
 if __name__ == "__main__":

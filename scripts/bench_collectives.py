@@ -17,8 +17,6 @@ Run from the repository root, after `cargo build --bin hist`:
 """
 import argparse
 import json
-import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -26,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_common import ROOT, git_rev, loadavg, machine, write_section
+
 SECTION = "## CPU collectives"
 
 
@@ -104,32 +103,6 @@ def summary(times, nbytes):
             "gbps_best": nbytes / low / 1e9, "n": len(times)}
 
 
-def machine():
-    model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, {mem_gib:.0f} GiB RAM, "
-            f"Linux {platform.release()}")
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def git_rev():
-    try:
-        run = lambda *c: subprocess.run(c, cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = run("git", "status", "--porcelain", "src/dist/cpu_ring.rs", "src/dist/cpu_ring")
-        return run("git", "rev-parse", "--short", "HEAD") + (" (src/dist/cpu_ring modified)" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def section(a, res, started, load0, load1, torch_version):
     rows, cols = a.gather_shape
     lines = [SECTION, "",
@@ -161,23 +134,11 @@ def section(a, res, started, load0, load1, torch_version):
               "moves with the load more than with the implementation.", "",
               f"Timed calls per implementation: all_reduce {res['ours']['all_reduce']['n']}, all_gather "
               f"{res['ours']['all_gather']['n']} (after {a.warmup} untimed per job). Goal: ≥ 1.0× gloo's throughput.", "",
-              f"Produced by `cargo build --bin hist && {a.command}` on {started} (git {git_rev()}, torch {torch_version}, "
+              f"Produced by `cargo build --bin hist && {a.command}` on {started} (git {git_rev('src/dist/cpu_ring.rs', 'src/dist/cpu_ring')}, torch {torch_version}, "
               "`hist` built with the dev profile: opt-level 1, dependencies at 3). "
               f"Machine: {machine()}; load average {load0} before, {load1} after (shared machine: medians are "
               "noisy, mins are the cleaner figure).", ""]
     return "\n".join(lines)
-
-
-def write_section(path, text):
-    """Replaces only the CPU collectives section, keeping every other one."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + 1)
-        new = old[:start] + text + ("\n" + old[end + 1:] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
 
 
 def main_run(a):
@@ -206,7 +167,7 @@ def main_run(a):
     print(json.dumps(res), flush=True)
     text = section(a, res, started, load0, loadavg(), torch.__version__)
     if a.output:
-        write_section(ROOT / a.output, text)
+        write_section(ROOT / a.output, SECTION, text)
     print(text)
 
 

@@ -19,7 +19,6 @@ Run from the repository root, after `cargo build --bin hist`:
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -30,7 +29,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_common import ROOT, git_rev, loadavg, machine, write_section
+
 SECTION = "## Image pipeline"
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -188,37 +188,6 @@ def med(xs):
     return statistics.median(xs)
 
 
-def write_section(path, text):
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + 1)
-        new = old[:start] + text + ("\n" + old[end + 1:] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
-
-
-def git_rev():
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        # diff-index only reads (git status may rewrite the index).
-        dirty = subprocess.run(["git", "diff-index", "--quiet", "HEAD", "--"], cwd=ROOT).returncode != 0
-        return rev + (" with uncommitted changes" if dirty else "")
-    except OSError:
-        return "?"
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=200)
@@ -241,7 +210,7 @@ def main():
     import torchvision
 
     cores = os.cpu_count() or 1
-    load_before = os.getloadavg()
+    load_before = loadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench_decode_"))
     try:
         images = tmp / "images"
@@ -260,7 +229,7 @@ def main():
         step_rate, step_error = (None, "not run (--no-train)") if a.no_train else worker_step_rate(a, images, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    load_after = os.getloadavg()
+    load_after = loadavg()
 
     ratios1 = [o / q for o, q in zip(rows["ours1"], rows["pil1"])]
     ratiosN = [o / q for o, q in zip(rows["oursN"], rows["pilN"])]
@@ -329,12 +298,11 @@ def main():
         f"Produced by `cargo build --bin hist && $HIST_PYTHON scripts/bench_decode.py` on "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC (git {git_rev()}, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}, Pillow {PIL.__version__}, `hist` built with the dev profile: opt-level 1, "
-        f"dependencies at 3). Machine: {cores} CPUs, {cpu_name()}, Linux {platform.release()}; load average "
-        f"{' '.join(f'{x:.2f}' for x in load_before)} before, {' '.join(f'{x:.2f}' for x in load_after)} after "
+        f"dependencies at 3). Machine: {machine()}; load average {load_before} before, {load_after} after "
         "(shared machine: the ratios, measured in alternating rounds, are the steadier figures).",
     ]
     text = "\n".join(lines) + "\n"
-    write_section(Path(a.output), text)
+    write_section(Path(a.output), SECTION, text)
     print(text)
 
 

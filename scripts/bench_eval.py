@@ -28,14 +28,14 @@ which includes the loaded embeddings (N·D·4 B = 118 MiB at full size) and libr
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_common import ROOT, git_rev, loadavg, machine, write_section
+
 KS = [1, 10, 100, 1000]
 SECTION = "## Retrieval evaluation"
 
@@ -131,17 +131,6 @@ def run_child(cmd, threads):
         return json.loads(out.read().strip().splitlines()[-1]), wall, usage.ru_maxrss / 1024, cpu
 
 
-def loadavg():
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def git_rev():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "?"
-
-
 def section(a, runs, started, load0, load1, torch_version):
     o, o_wall, o_peak, o_cpu = runs["ours"]
     f, f_wall, f_peak, f_cpu = runs["faiss"]
@@ -192,7 +181,7 @@ def section(a, runs, started, load0, load1, torch_version):
     lines += [
         "",
         f"Produced by `cargo build --bin hist && $HIST_PYTHON scripts/bench_eval.py{flags(a)}` on {started} (git {git_rev()}, torch {torch_version}, "
-        f"`hist` built with the dev profile). Machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Linux {platform.release()}; "
+        f"`hist` built with the dev profile). Machine: {machine()}; "
         f"load average {load0} before, {load1} after (shared machine: times are noisy).",
         "",
     ]
@@ -205,17 +194,6 @@ def flags(a):
     out = [f" --{k} {getattr(a, k)}" for k, v in defaults.items() if getattr(a, k) != v]
     out += [f" --{k.replace('_', '-')}" for k in ("nmi", "no_f64") if getattr(a, k)]
     return "".join(out)
-
-
-def write_section(path, text):
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + 1)
-        new = old[:start] + text + ("\n" + old[end + 1:] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
 
 
 def main():
@@ -272,7 +250,7 @@ def main():
         load1 = loadavg()
     text = section(a, runs, started, load0, load1, gen[0]["torch"])
     print(text)
-    write_section(Path(a.output), text)
+    write_section(Path(a.output), SECTION, text)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,15 @@ tensors instead of malloc's retained heap.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_common import ROOT, git_rev, loadavg, machine, write_section
+
+SECTION = "## HIST loss"
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 SUB_BATCH_CAP_BYTES = 4 << 30  # the materialising run is sub-batched above this estimate
 
@@ -197,42 +198,6 @@ def materialising_batch(n, c, d):
     return sub
 
 
-def l3_cache():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return ""
-    for line in out.splitlines():
-        if line.startswith("L3 cache:"):
-            return ", L3 " + line.split(":", 1)[1].strip()
-    return ""
-
-
-def machine():
-    model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}{l3_cache()}, {mem_gib:.0f} GiB RAM, Linux {platform.release()}"
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def git_rev():
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src/loss"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return rev + (" (src/loss/ modified)" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def fmt_ms(r):
     return f"{r['median_ms']:.1f} ({r['min_ms']:.1f})"
 
@@ -297,7 +262,7 @@ def section(a, rows, started, load0, load1, torch_version):
               "a ratio that levels off as C grows means growth ∝ N·C + C·D; at small C, fixed-size "
               "buffers weigh more).",
               "",
-              f"Produced by `cargo build --bin hist && {a.command}` on {started} (git {git_rev()}, torch {torch_version}, "
+              f"Produced by `cargo build --bin hist && {a.command}` on {started} (git {git_rev('src/loss')}, torch {torch_version}, "
               f"`hist` built with the dev profile: opt-level 1, dependencies at 3; the loss runs "
               f"inside libtorch). Machine: {machine()}; load average {load0} before, {load1} after "
               "(the machine is shared, so medians are noisy; the mins are the cleaner figure).",
@@ -311,18 +276,6 @@ def section(a, rows, started, load0, load1, torch_version):
               "the threshold makes every large tensor a fresh mmap and page-faults, which slowed ours "
               "about 2× at C = 1000 in a trial.)", ""]
     return "\n".join(lines)
-
-
-def write_section(path, text):
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = old.find("## HIST loss")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + 1)
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new.rstrip("\n") + "\n")
 
 
 def main_run(a):
@@ -358,7 +311,7 @@ def main_run(a):
                                         "min_ms": base["mat"]["min_ms"] * k,
                                         "peak_growth_mb": base["mat"]["peak_growth_mb"] * k}
     text = section(a, rows, started, load0, loadavg(), torch.__version__)
-    write_section(ROOT / a.output, text)
+    write_section(ROOT / a.output, SECTION, text)
     print(text)
 
 

@@ -10,15 +10,16 @@ Writes (or replaces) the "## Multi-rank scaling (CPU ranks)" section of docs/ben
 Each rank gets one intra-op thread (OMP_NUM_THREADS=1), so 2 ranks use the 2 cores that
 1 rank would leave half idle; the comparison isolates what distribution costs.
 """
+import argparse
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_common import ROOT, machine, write_section
+
 LAUNCH = ROOT / "target/debug/hist-launch"
 PER_RANK_BATCH = 60
 EPOCHS = 3
@@ -43,8 +44,9 @@ def run(nproc):
 
 
 def main():
+    # No options; parsing still answers --help instead of starting the runs.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     one, two = run(1), run(2)
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [
         SECTION, "",
         f"Per-rank batch {PER_RANK_BATCH} (global {PER_RANK_BATCH} vs {2 * PER_RANK_BATCH}), the demo's "
@@ -61,17 +63,9 @@ def main():
         "cost of distribution from above; the communication share is what the CPU ring adds.",
         "",
         f"Produced by `$HIST_PYTHON scripts/bench_scaling.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
-        f"({os.cpu_count()} CPUs, {cpu}).", "",
+        f"({machine()}).", "",
     ]
-    bench = ROOT / "docs/benchmarks.md"
-    text = bench.read_text() if bench.exists() else "# Benchmarks\n\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + "\n".join(lines) + (text[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines)
-    bench.write_text(text)
+    write_section(ROOT / "docs/benchmarks.md", SECTION, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -5,34 +5,16 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hist::dist::cpu_ring::{all_reduce_segment, CpuRing};
+use hist::dist::cpu_ring::all_reduce_segment;
 use hist::dist::{Collectives, ReduceOp};
 use hist::HistError;
-use hist_rendezvous::{new_secret, Client, Server, ServerOptions};
 use tch::{Kind, Tensor};
 
-const SETUP: Duration = Duration::from_secs(20);
-const SIZES: [usize; 5] = [0, 1, 7, 1000, 1_000_003];
+#[path = "support/ring.rs"]
+mod ring;
+use ring::on_ring;
 
-/// Runs `body(rank, ring)` on `world` threads joined into one ring; results in rank order.
-fn on_ring<R: Send>(world: usize, body: impl Fn(usize, &mut CpuRing) -> R + Sync) -> Vec<R> {
-    let secret = new_secret();
-    let server = Server::bind("127.0.0.1:0", ServerOptions::new(world, secret.clone())).expect("bind server").start();
-    let addr = server.local_addr().to_string();
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..world)
-            .map(|rank| {
-                let (addr, secret, body) = (&addr, &secret, &body);
-                s.spawn(move || {
-                    let mut client = Client::connect(addr, secret, rank, world, SETUP).expect("store client");
-                    let mut ring = CpuRing::connect(&mut client, "127.0.0.1", SETUP).expect("ring connect");
-                    body(rank, &mut ring)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
-    })
-}
+const SIZES: [usize; 5] = [0, 1, 7, 1000, 1_000_003];
 
 /// Rank-dependent values with fractional parts, so the summation order shows in the bits.
 fn values(rank: usize, n: usize) -> Vec<f64> {

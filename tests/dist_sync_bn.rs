@@ -3,17 +3,18 @@
 //! against the whole batch on one; and the system invariant through `hist-launch`: W ranks
 //! with sync BN train exactly like one rank, which per-rank (`local`) BN does not.
 //! The launch tests need hist-launch beside the worker, as `cargo test --workspace` builds it.
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
-use std::thread;
-use std::time::Duration;
 
-use hist::dist::cpu_ring::CpuRing;
 use hist::dist::sync_bn::{batch_norm_train, sync_batch_norm, with_sync_bn};
 use hist::dist::Solo;
-use hist_rendezvous::{new_secret, Client, Server, ServerOptions};
 use tch::{Kind, Tensor};
+
+#[path = "support/launch.rs"]
+mod launch;
+#[path = "support/ring.rs"]
+mod ring;
+use launch::{assert_ranks_match_one_rank, assert_trained, max_abs_diff, run_job};
+use ring::on_ring;
 
 const F64: (Kind, tch::Device) = (Kind::Double, tch::Device::Cpu);
 const MOMENTUM: f64 = 0.1;
@@ -158,27 +159,6 @@ fn gradients_match_finite_differences() {
     assert!(worst <= 1e-7, "max relative difference {worst:e}");
 }
 
-/// Runs `body(rank, ring)` on `world` threads joined into one CPU ring; results in rank order.
-fn on_ring<R: Send>(world: usize, body: impl Fn(usize, &mut CpuRing) -> R + Sync) -> Vec<R> {
-    let setup = Duration::from_secs(20);
-    let secret = new_secret();
-    let server = Server::bind("127.0.0.1:0", ServerOptions::new(world, secret.clone())).expect("bind server").start();
-    let addr = server.local_addr().to_string();
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..world)
-            .map(|rank| {
-                let (addr, secret, body) = (&addr, &secret, &body);
-                s.spawn(move || {
-                    let mut client = Client::connect(addr, secret, rank, world, setup).expect("store client");
-                    let mut ring = CpuRing::connect(&mut client, "127.0.0.1", setup).expect("ring connect");
-                    body(rank, &mut ring)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
-    })
-}
-
 /// Two ranks holding 3 and 5 of 8 samples (unequal, so the counts must weight the
 /// statistics): each rank's outputs and input gradients equal the whole batch's on one
 /// rank, the per-rank γ/β gradients sum to the whole batch's, and both ranks end with the
@@ -251,78 +231,10 @@ fn sync_batch_norm_needs_a_scope() {
     assert!(err.to_string().contains("with_sync_bn"), "{err}");
 }
 
-// ---- the invariant through hist-launch (tests/dist_invariant.rs's pattern) ----
+// ---- the invariant through hist-launch (tests/support/launch.rs, as tests/dist_invariant.rs) ----
 
-const COMMON: &[&str] = &[
-    "data.synthetic.train_classes=16",
-    "data.synthetic.test_classes=6",
-    "data.synthetic.images_per_class=10",
-    "data.batch_size=40",
-    "data.ipc=5",
-    "model.width=8",
-    "model.embedding_dim=16",
-    "loss.hgnn_hidden=32",
-    "train.epochs=3",
-    "train.max_steps=5",
-    "train.warmup_epochs=0",
-    "train.eval_at_start=false",
-    "eval.batch_size=7",
-    "dtype=f64",
-    "optim.name=adam",
-];
-
-fn launcher() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_hist")).with_file_name("hist-launch");
-    assert!(p.is_file(), "{} missing: run `cargo test --workspace` (it builds the launcher)", p.display());
-    p
-}
-
-/// Runs a job with `nproc` CPU ranks and returns its final variables and metrics lines.
-fn run(nproc: usize, extra: &[&str], dir: &Path) -> (Vec<(String, Tensor)>, String) {
-    let mut cmd = Command::new(launcher());
-    cmd.arg("--nproc").arg(nproc.to_string()).arg("--master-port").arg("0").arg("--run-dir").arg(dir);
-    for s in COMMON.iter().chain(extra) {
-        cmd.arg("--set").arg(s);
-    }
-    let out = cmd.output().expect("run hist-launch");
-    assert!(
-        out.status.success(),
-        "nproc {nproc} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let params = Tensor::read_safetensors(dir.join("final.safetensors")).expect("final.safetensors");
-    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl");
-    (params, metrics)
-}
-
-/// Largest absolute difference over every tensor (parameters and running statistics).
-fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, String) {
-    assert_eq!(a.len(), b.len(), "different variable sets");
-    let mut worst = (0.0, String::new());
-    for (name, ta) in a {
-        let tb = &b.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} missing")).1;
-        let d = max_diff(&ta.to_kind(Kind::Double), &tb.to_kind(Kind::Double));
-        if d > worst.0 {
-            worst = (d, name.clone());
-        }
-    }
-    worst
-}
-
-fn recalls(metrics: &str) -> Vec<f64> {
-    metrics
-        .lines()
-        .flat_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json");
-            [1, 2, 4, 8].map(|k| v[format!("recall@{k}")].as_f64().expect("recall"))
-        })
-        .collect()
-}
-
-fn tensor<'a>(vars: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
-    &vars.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} missing")).1
-}
+/// Exact arithmetic and an optimiser whose state also has to match across ranks.
+const F64_ADAM: &[&str] = &["dtype=f64", "optim.name=adam"];
 
 /// Sync BN with 2 and 4 ranks, 5 Adam steps in f64: every parameter and running statistic
 /// of rank 0 matches the one-rank run to 1e-10, and so does evaluation, which each rank
@@ -331,17 +243,12 @@ fn tensor<'a>(vars: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
 #[test]
 fn sync_bn_ranks_match_one_rank_and_local_bn_does_not() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (one, m1) = run(1, &["model.bn=sync"], &tmp.path().join("sync1"));
-    for w in [2, 4] {
-        let (many, mw) = run(w, &["model.bn=sync"], &tmp.path().join(format!("sync{w}")));
-        let (diff, name) = max_abs_diff(&one, &many);
-        eprintln!("model.bn=sync, --nproc {w} vs 1: max abs difference {diff:e} at {name}");
-        assert!(diff <= 1e-10, "sync BN, --nproc {w}: max abs difference {diff:e} at {name}");
-        assert_eq!(recalls(&m1), recalls(&mw), "sync BN, --nproc {w}: evaluation differs");
-    }
+    let sync = [F64_ADAM, &["model.bn=sync"]].concat();
+    let one = assert_ranks_match_one_rank(&sync, &[2, 4], 1e-10, &tmp.path().join("sync"));
 
-    let (local_one, _) = run(1, &["model.bn=local"], &tmp.path().join("local1"));
-    let (local_two, _) = run(2, &["model.bn=local"], &tmp.path().join("local2"));
+    let local = [F64_ADAM, &["model.bn=local"]].concat();
+    let (local_one, _) = run_job(1, &local, &tmp.path().join("local1"));
+    let (local_two, _) = run_job(2, &local, &tmp.path().join("local2"));
     let (local_diff, local_name) = max_abs_diff(&local_one, &local_two);
     eprintln!("model.bn=local, --nproc 2 vs 1: max abs difference {local_diff:e} at {local_name}");
     assert!(local_diff > 1e-6, "local BN unexpectedly matched ({local_diff:e}): the sync check would prove nothing");
@@ -349,14 +256,11 @@ fn sync_bn_ranks_match_one_rank_and_local_bn_does_not() {
     let (same, same_name) = max_abs_diff(&one, &local_one);
     assert!(same <= 1e-12, "one rank: sync vs local differ by {same:e} at {same_name}");
 
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.yaml");
-    let overrides: Vec<String> = COMMON.iter().chain(&["model.bn=sync"]).map(|s| s.to_string()).collect();
-    let config = hist::config::load_config(&demo, &overrides).expect("config");
-    let init = hist::train::trainer::build_state(&config, 16, tch::Device::Cpu);
-    let init: Vec<(String, Tensor)> = init.vs.variables().into_iter().collect();
-    for name in ["backbone.unit0.bn.weight", "backbone.unit5.bn.bias", "backbone.unit3.bn.running_mean", "backbone.unit5.bn.running_var"] {
-        assert!(!tensor(&one, name).equal(tensor(&init, name)), "{name} did not change in training");
-    }
+    assert_trained(
+        &one,
+        &sync,
+        &["backbone.unit0.bn.weight", "backbone.unit5.bn.bias", "backbone.unit3.bn.running_mean", "backbone.unit5.bn.running_var"],
+    );
 }
 
 /// Warm-up freezes the trunk (no gradient, so no backward collective in its BN layers)
@@ -365,11 +269,6 @@ fn sync_bn_ranks_match_one_rank_and_local_bn_does_not() {
 #[test]
 fn sync_bn_through_warm_up_matches_one_rank() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let extra = ["model.bn=sync", "train.warmup_epochs=1", "train.max_steps=6"];
-    let (one, m1) = run(1, &extra, &tmp.path().join("w1"));
-    let (two, m2) = run(2, &extra, &tmp.path().join("w2"));
-    let (diff, name) = max_abs_diff(&one, &two);
-    eprintln!("model.bn=sync with warm-up, --nproc 2 vs 1: max abs difference {diff:e} at {name}");
-    assert!(diff <= 1e-10, "max abs difference {diff:e} at {name}");
-    assert_eq!(recalls(&m1), recalls(&m2), "evaluation differs");
+    let sets = [F64_ADAM, &["model.bn=sync", "train.warmup_epochs=1", "train.max_steps=6"]].concat();
+    assert_ranks_match_one_rank(&sets, &[2], 1e-10, tmp.path());
 }

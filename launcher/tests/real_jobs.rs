@@ -1,10 +1,10 @@
 //! Real 2-rank training jobs under hist-launch: a worker SIGKILLed mid-training tears the
 //! job down within 5 s with no orphans, and hostile rendezvous clients do not disturb a job.
 //! Needs the `hist` worker beside hist-launch, as `cargo test --workspace` builds it.
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Lines, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SMALL: &[&str] = &[
@@ -17,12 +17,6 @@ fn launcher() -> Command {
     let worker = PathBuf::from(env!("CARGO_BIN_EXE_hist-launch")).with_file_name("hist");
     assert!(worker.is_file(), "{} missing: run `cargo test --workspace` (it builds the worker)", worker.display());
     Command::new(env!("CARGO_BIN_EXE_hist-launch"))
-}
-
-fn with_sets(cmd: &mut Command, sets: &[&str]) {
-    for s in sets {
-        cmd.arg("--set").arg(s);
-    }
 }
 
 /// Child processes of `parent` (from /proc), with the RANK in their environment.
@@ -54,30 +48,82 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// hist-launch with `launch_args` (e.g. `--nproc 2`) running the SMALL job plus `sets` in `dir`.
+fn job(launch_args: &[&str], dir: &Path, sets: &[&str]) -> Command {
+    let mut cmd = launcher();
+    cmd.args(launch_args).arg("--run-dir").arg(dir);
+    for s in SMALL.iter().chain(sets) {
+        cmd.arg("--set").arg(s);
+    }
+    cmd
+}
+
+type StdoutLines = Lines<BufReader<ChildStdout>>;
+
+/// Spawns `cmd` with stdout piped and returns once rank 0 has printed step `step`, with
+/// the rest of stdout (pass `Stdio::null()` as `stderr` unless it is read: a full pipe
+/// would block the launcher).
+fn spawn_until_step(mut cmd: Command, stderr: Stdio, step: u32) -> (Child, StdoutLines) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn hist-launch");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let marker = format!("[rank 0] step {step} ");
+    let started = Instant::now();
+    loop {
+        let line = lines.next().unwrap_or_else(|| panic!("launcher output ended before {marker:?}")).expect("read");
+        if line.contains(&marker) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no {marker:?} within 120 s");
+    }
+    (child, lines)
+}
+
+/// Sends `signal` to process `pid`.
+fn send(pid: u32, signal: i32) {
+    // SAFETY: plain kill(2); the pids come from our own children or /proc.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
+/// The job's two workers and the pid of rank 1's.
+fn workers_and_rank_1(launcher_pid: u32) -> (Vec<(u32, Option<String>)>, u32) {
+    let workers = children_with_rank(launcher_pid);
+    let victim = workers.iter().find(|(_, r)| r.as_deref() == Some("1")).map(|(p, _)| *p).expect("rank 1 worker");
+    (workers, victim)
+}
+
+/// Everything the child wrote to its (piped) stderr.
+fn read_stderr(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
+
+/// A finished run's final.safetensors bytes and metrics.jsonl.
+fn outputs(dir: &Path) -> (Vec<u8>, String) {
+    (
+        std::fs::read(dir.join("final.safetensors")).expect("final.safetensors"),
+        std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl"),
+    )
+}
+
+/// Runs `cmd` to completion, asserting success; returns its stdout.
+fn run_to_end(mut cmd: Command) -> String {
+    let out = cmd.output().expect("run hist-launch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn sigkilled_worker_tears_the_job_down_within_5_s() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cmd = launcher();
-    cmd.args(["--nproc", "2", "--run-dir"]).arg(tmp.path().join("run"));
-    with_sets(&mut cmd, SMALL);
-    with_sets(&mut cmd, &["train.epochs=500", "train.print_every=1"]);
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hist-launch");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
+    let cmd = job(&["--nproc", "2"], &tmp.path().join("run"), &["train.epochs=500", "train.print_every=1"]);
     // Wait until training is under way: rank 0 prints per-step losses.
-    let started = Instant::now();
-    loop {
-        let line = lines.next().expect("launcher output ended early").expect("read");
-        if line.contains("[rank 0] step 2 ") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "training did not start");
-    }
-    let workers = children_with_rank(child.id());
-    let victim = workers.iter().find(|(_, r)| r.as_deref() == Some("1")).map(|(p, _)| *p).expect("rank 1 worker");
+    let (mut child, _lines) = spawn_until_step(cmd, Stdio::piped(), 2);
+    let (workers, victim) = workers_and_rank_1(child.id());
     assert_eq!(workers.len(), 2, "{workers:?}");
-    // SAFETY: plain kill(2) on a pid we just read from /proc.
-    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    send(victim, libc::SIGKILL);
     let killed_at = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
@@ -89,10 +135,7 @@ fn sigkilled_worker_tears_the_job_down_within_5_s() {
     let took = killed_at.elapsed();
     assert!(!status.success());
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
+    let err = read_stderr(&mut child);
     assert!(err.contains("rank 1 failed (killed by signal 9"), "{err}");
     for (pid, _) in &workers {
         assert!(!alive(*pid), "worker {pid} outlived the job");
@@ -134,11 +177,9 @@ fn hostile_rendezvous_clients_do_not_stop_a_two_rank_job() {
     let done = AtomicBool::new(false);
     let (status, attempts) = std::thread::scope(|s| {
         let attacker = s.spawn(|| harass(port, &done));
-        let mut cmd = launcher();
-        cmd.args(["--nproc", "2", "--master-port", &port.to_string(), "--run-dir"]).arg(&run_dir);
-        with_sets(&mut cmd, SMALL);
-        with_sets(&mut cmd, &["train.max_steps=6"]);
-        let out = cmd.output().expect("run hist-launch");
+        let out = job(&["--nproc", "2", "--master-port", &port.to_string()], &run_dir, &["train.max_steps=6"])
+            .output()
+            .expect("run hist-launch");
         done.store(true, Ordering::Relaxed);
         (out, attacker.join().expect("attacker"))
     });
@@ -150,22 +191,9 @@ fn hostile_rendezvous_clients_do_not_stop_a_two_rank_job() {
 #[test]
 fn sigterm_stops_every_rank_after_the_same_step() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cmd = launcher();
-    cmd.args(["--nproc", "2", "--run-dir"]).arg(tmp.path().join("run"));
-    with_sets(&mut cmd, SMALL);
-    with_sets(&mut cmd, &["train.epochs=500", "train.print_every=1"]);
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hist-launch");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let started = Instant::now();
-    loop {
-        let line = lines.next().expect("launcher output ended early").expect("read");
-        if line.contains("[rank 0] step 3 ") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "training did not start");
-    }
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let cmd = job(&["--nproc", "2"], &tmp.path().join("run"), &["train.epochs=500", "train.print_every=1"]);
+    let (mut child, lines) = spawn_until_step(cmd, Stdio::null(), 3);
+    send(child.id(), libc::SIGTERM);
     let rest: Vec<String> = lines.map_while(std::result::Result::ok).collect();
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(143), "{rest:?}");
@@ -175,16 +203,8 @@ fn sigterm_stops_every_rank_after_the_same_step() {
 
 /// Runs a 2-rank job to completion and returns (final.safetensors bytes, metrics.jsonl).
 fn finished_run(dir: &Path, sets: &[&str]) -> (Vec<u8>, String) {
-    let mut cmd = launcher();
-    cmd.args(["--nproc", "2", "--run-dir"]).arg(dir);
-    with_sets(&mut cmd, SMALL);
-    with_sets(&mut cmd, sets);
-    let out = cmd.output().expect("run hist-launch");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (
-        std::fs::read(dir.join("final.safetensors")).expect("final.safetensors"),
-        std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl"),
-    )
+    run_to_end(job(&["--nproc", "2"], dir, sets));
+    outputs(dir)
 }
 
 #[test]
@@ -194,23 +214,8 @@ fn sigterm_then_resume_gives_the_uninterrupted_result() {
     let (want_params, want_metrics) = finished_run(&tmp.path().join("straight"), &sets);
 
     let dir = tmp.path().join("interrupted");
-    let mut cmd = launcher();
-    cmd.args(["--nproc", "2", "--run-dir"]).arg(&dir);
-    with_sets(&mut cmd, SMALL);
-    with_sets(&mut cmd, &sets);
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn hist-launch");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     // Mid-epoch: 16 classes × 10 images / 40 = 4 steps per epoch; stop during the second.
-    loop {
-        let line = lines.next().expect("output ended early").expect("read");
-        if line.contains("[rank 0] step 5 ") {
-            break;
-        }
-    }
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _: Vec<String> = lines.map_while(std::result::Result::ok).collect();
-    assert_eq!(child.wait().expect("wait").code(), Some(143));
+    assert_eq!(interrupt_at_step_5(&dir, &sets, libc::SIGTERM, &[]), Some(143));
     assert!(!dir.join("final.safetensors").exists(), "an interrupted run must not look finished");
 
     let (got_params, got_metrics) = finished_run(&dir, &sets);
@@ -225,35 +230,18 @@ fn sigkilled_worker_with_max_restarts_gives_the_uninterrupted_result() {
     let (want_params, want_metrics) = finished_run(&tmp.path().join("straight"), &sets);
 
     let dir = tmp.path().join("restarted");
-    let mut cmd = launcher();
-    cmd.args(["--nproc", "2", "--max-restarts", "1", "--run-dir"]).arg(&dir);
-    with_sets(&mut cmd, SMALL);
-    with_sets(&mut cmd, &sets);
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hist-launch");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let cmd = job(&["--nproc", "2", "--max-restarts", "1"], &dir, &sets);
     // A step chosen from the clock, so the kill lands at varying points (between checkpoints too).
     let kill_step = 5 + (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 6);
-    let marker = format!("[rank 0] step {kill_step} ");
-    loop {
-        let line = lines.next().expect("output ended early").expect("read");
-        if line.contains(&marker) {
-            break;
-        }
-    }
-    let workers = children_with_rank(child.id());
-    let victim = workers.iter().find(|(_, r)| r.as_deref() == Some("1")).map(|(p, _)| *p).expect("rank 1 worker");
-    // SAFETY: plain kill(2) on a pid we just read from /proc.
-    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let (mut child, lines) = spawn_until_step(cmd, Stdio::piped(), kill_step);
+    let (_, victim) = workers_and_rank_1(child.id());
+    send(victim, libc::SIGKILL);
     let _: Vec<String> = lines.map_while(std::result::Result::ok).collect();
     let status = child.wait().expect("wait");
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
+    let err = read_stderr(&mut child);
     assert!(status.success(), "killed at step {kill_step}; the restarted job failed: {err}");
     assert!(err.contains("restarting the job from its latest checkpoint (restart 1 of 1)"), "{err}");
-    let got_params = std::fs::read(dir.join("final.safetensors")).expect("final.safetensors");
-    let got_metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl");
+    let (got_params, got_metrics) = outputs(&dir);
     assert!(got_params == want_params, "killed at step {kill_step}: parameters differ from the uninterrupted run");
     assert_eq!(got_metrics, want_metrics, "killed at step {kill_step}: metrics.jsonl differs");
 }
@@ -261,21 +249,10 @@ fn sigkilled_worker_with_max_restarts_gives_the_uninterrupted_result() {
 /// Starts a 2-rank job in `dir` and sends `signal` to the launcher once rank 0 has printed
 /// step 5 (mid-epoch: 4 steps per epoch); returns the launcher's exit status.
 fn interrupt_at_step_5(dir: &Path, sets: &[&str], signal: i32, env: &[(&str, &str)]) -> Option<i32> {
-    let mut cmd = launcher();
-    cmd.args(["--nproc", "2", "--master-port", "0", "--run-dir"]).arg(dir);
-    with_sets(&mut cmd, SMALL);
-    with_sets(&mut cmd, sets);
+    let mut cmd = job(&["--nproc", "2", "--master-port", "0"], dir, sets);
     cmd.envs(env.iter().copied());
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn hist-launch");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    loop {
-        let line = lines.next().expect("output ended early").expect("read");
-        if line.contains("[rank 0] step 5 ") {
-            break;
-        }
-    }
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, signal) };
+    let (mut child, lines) = spawn_until_step(cmd, Stdio::null(), 5);
+    send(child.id(), signal);
     let _: Vec<String> = lines.map_while(std::result::Result::ok).collect();
     child.wait().expect("wait").code()
 }
@@ -333,22 +310,11 @@ fn a_two_rank_run_resumed_on_one_rank_matches_the_one_rank_run() {
     let sets = ["train.epochs=4", "train.print_every=1", "model.bn=frozen", "checkpoint.every_steps=100", "dtype=f64"];
     let tmp = tempfile::tempdir().expect("tempdir");
     let straight = tmp.path().join("one-rank");
-    let mut cmd = launcher();
-    cmd.args(["--nproc", "1", "--run-dir"]).arg(&straight);
-    with_sets(&mut cmd, SMALL);
-    with_sets(&mut cmd, &sets);
-    let out = cmd.output().expect("run hist-launch");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_to_end(job(&["--nproc", "1"], &straight, &sets));
 
     let dir = tmp.path().join("two-then-one");
     assert_eq!(interrupt_at_step_5(&dir, &sets, libc::SIGTERM, &[]), Some(143));
-    let mut cmd = launcher();
-    cmd.args(["--nproc", "1", "--run-dir"]).arg(&dir);
-    with_sets(&mut cmd, SMALL);
-    with_sets(&mut cmd, &sets);
-    let out = cmd.output().expect("run hist-launch");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = run_to_end(job(&["--nproc", "1"], &dir, &sets));
     assert!(stdout.contains("world size"), "the worker says the world size changed: {stdout}");
     let diff = max_relative_difference(&dir.join("final.safetensors"), &straight.join("final.safetensors"));
     eprintln!("2 ranks → 1 rank resume vs 1 rank throughout: max relative difference {diff:e}");

@@ -5,28 +5,16 @@ use tch::{Device, Kind, Tensor};
 
 use super::durable::fail_next;
 use super::layout::temp_entries;
-use super::{CheckpointMeta, CheckpointStore, CheckpointTensors, Compat, FORMAT_VERSION};
+use super::{CheckpointMeta, CheckpointStore, CheckpointTensors, Compat};
 
 fn meta(step: usize) -> CheckpointMeta {
-    CheckpointMeta {
-        format_version: FORMAT_VERSION,
-        global_step: step,
-        epoch: 0,
-        step_in_epoch: step,
-        world_size: 1,
-        config_hash: String::new(),
-        config_yaml: String::new(),
-        compat: Compat {
-            train_classes: 2,
-            embedding_dim: 3,
-            backbone: "small_cnn".into(),
-            dtype: "f32".into(),
-        },
-        epoch_loss_sums: [1.0, 2.0, 3.0],
-        epoch_steps_done: step,
-        recall_at_1: None,
-        extra: Default::default(),
-    }
+    let compat = Compat {
+        train_classes: 2,
+        embedding_dim: 3,
+        backbone: "small_cnn".into(),
+        dtype: "f32".into(),
+    };
+    CheckpointMeta::first_epoch(step, compat)
 }
 
 fn tensors(value: f64) -> CheckpointTensors {

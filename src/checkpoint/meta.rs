@@ -45,6 +45,27 @@ pub struct CheckpointMeta {
     pub extra: Map<String, Value>,
 }
 
+impl CheckpointMeta {
+    /// Metadata of a one-rank run `step` steps into its first epoch, with no config, loss
+    /// sums or evaluation: what benchmarks and tests of the store itself save.
+    pub(crate) fn first_epoch(step: usize, compat: Compat) -> CheckpointMeta {
+        CheckpointMeta {
+            format_version: FORMAT_VERSION,
+            global_step: step,
+            epoch: 0,
+            step_in_epoch: step,
+            world_size: 1,
+            config_hash: String::new(),
+            config_yaml: String::new(),
+            compat,
+            epoch_loss_sums: [0.0; 3],
+            epoch_steps_done: 0,
+            recall_at_1: None,
+            extra: Map::new(),
+        }
+    }
+}
+
 /// What must match between a checkpoint and the run resuming from it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Compat {

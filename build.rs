@@ -1,6 +1,7 @@
 //! Embeds an rpath to libtorch so the binaries run without LD_LIBRARY_PATH, keeps
 //! libtorch_cuda linked (the linker's --as-needed would drop it, hiding CUDA at run time),
-//! and compiles the sync BatchNorm autograd Function (csrc/, docs/architecture.md).
+//! and compiles csrc/: the sync BatchNorm autograd Function and the mixed-precision entry
+//! points (docs/architecture.md).
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -20,14 +21,18 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
-    compile_sync_batch_norm(Path::new(&libtorch));
+    compile_csrc(Path::new(&libtorch));
+    compile_jpeg_region();
 }
 
-/// Builds csrc/sync_batch_norm.cpp against libtorch's headers with the flags torch-sys uses
-/// for its own wrapper (C++17, the C++11 ABI of the PyPI wheels); ~12 s on one core.
-fn compile_sync_batch_norm(libtorch: &Path) {
-    const SOURCE: &str = "csrc/sync_batch_norm.cpp";
-    println!("cargo:rerun-if-changed={SOURCE}");
+/// Builds csrc/*.cpp into one static library against libtorch's headers with the flags
+/// torch-sys uses for its own wrapper (C++17, the C++11 ABI of the PyPI wheels); ~12 s of one
+/// core per file.
+fn compile_csrc(libtorch: &Path) {
+    const SOURCES: [&str; 2] = ["csrc/sync_batch_norm.cpp", "csrc/amp.cpp"];
+    for source in SOURCES.iter().chain(&["csrc/ffi_message.h"]) {
+        println!("cargo:rerun-if-changed={source}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     // torch-sys's variable and default, so both halves agree on std::string's layout.
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
@@ -41,6 +46,32 @@ fn compile_sync_batch_norm(libtorch: &Path) {
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
         .define("GLOG_USE_GLOG_EXPORT", None)
-        .file(SOURCE)
-        .compile("hist_sync_bn");
+        .files(SOURCES)
+        .compile("hist_csrc");
+}
+
+/// The fast JPEG path (docs/setup.md): csrc/jpeg_region.c over the system libjpeg-turbo,
+/// linked with -ljpeg and announced to the crate as `cfg(hist_libjpeg)`. Without the
+/// library's headers, or with HIST_NO_LIBJPEG=1, the pipeline decodes JPEG with zune-jpeg.
+fn compile_jpeg_region() {
+    const SOURCE: &str = "csrc/jpeg_region.c";
+    println!("cargo::rustc-check-cfg=cfg(hist_libjpeg)");
+    println!("cargo:rerun-if-changed={SOURCE}");
+    println!("cargo:rerun-if-env-changed=HIST_NO_LIBJPEG");
+    if std::env::var("HIST_NO_LIBJPEG").is_ok_and(|v| !v.is_empty() && v != "0") {
+        println!("cargo:warning=HIST_NO_LIBJPEG is set: the image pipeline decodes JPEG with zune-jpeg only (whole images, slower)");
+        return;
+    }
+    // Compiling the shim is the test: it needs jpeglib.h of libjpeg-turbo 2.0 or newer.
+    let built = cc::Build::new().opt_level(2).cargo_warnings(false).file(SOURCE).try_compile("hist_jpeg_region");
+    if built.is_ok() {
+        println!("cargo:rustc-link-lib=jpeg");
+        println!("cargo:rustc-cfg=hist_libjpeg");
+    } else {
+        println!(
+            "cargo:warning=libjpeg-turbo 2.0+ headers (jpeglib.h) not found: the image pipeline decodes JPEG with \
+             zune-jpeg only (slower); for the fast path run `apt-get install libjpeg62-turbo-dev` (Ubuntu: \
+             libjpeg-turbo8-dev), then `touch csrc/jpeg_region.c` and rebuild"
+        );
+    }
 }

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <vector>
 
+#include "ffi_message.h"
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -166,19 +168,15 @@ struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
                 per_channel(scale(invstd, weight), xa))
                    .to(x.scalar_type());
     }
-    // The affine gradients stay local: the gradient sync after backward sums them.
-    const auto grad_weight = ctx->needs_input_grad(1) ? sum_g_xhat.to(x.scalar_type()) : at::Tensor();
-    const auto grad_bias = ctx->needs_input_grad(2) ? sum_g.to(x.scalar_type()) : at::Tensor();
+    // The affine gradients stay local: the gradient sync after backward sums them. They take
+    // the parameters' dtype (f32 under fp16 autocast, where x is half): per-channel sums
+    // of a scaled loss rounded to half would overflow and force skipped steps.
+    const auto param_type = weight.defined() ? weight.scalar_type() : x.scalar_type();
+    const auto grad_weight = ctx->needs_input_grad(1) ? sum_g_xhat.to(param_type) : at::Tensor();
+    const auto grad_bias = ctx->needs_input_grad(2) ? sum_g.to(param_type) : at::Tensor();
     return {grad_x, grad_weight, grad_bias, at::Tensor()};
   }
 };
-
-char* copy_message(const char* message) {
-  const size_t n = std::strlen(message);
-  char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out != nullptr) std::memcpy(out, message, n + 1);
-  return out;
-}
 
 }  // namespace
 
@@ -195,9 +193,9 @@ extern "C" char* hist_sync_bn_forward(const at::Tensor* x, const at::Tensor* wei
     *out = new at::Tensor(SyncBatchNorm::apply(*x, *weight, *bias, std::move(opts)));
     return nullptr;
   } catch (const c10::Error& e) {
-    return copy_message(e.what_without_backtrace());
+    return hist_ffi::copy_message(e.what_without_backtrace());
   } catch (const std::exception& e) {
-    return copy_message(e.what());
+    return hist_ffi::copy_message(e.what());
   }
 }
 

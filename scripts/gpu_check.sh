@@ -18,6 +18,9 @@
 #     kernels (the design's stream assumption), misuse errors and a barrier.
 #  2. Training: 300 steps on cuda:0 with the NCCL backend (world size 1) on the synthetic
 #     data; its first 5 losses must match a CPU run's within 1e-3 relative; prints img/s.
+#  3. Mixed precision: 60 steps of ResNet-50 (64 px synthetic images, local BN) on cuda:0 in
+#     float32, then channels-last with train.autocast=bf16 and =fp16; each must finish with
+#     every step's loss finite (fp16 also reporting its loss scale); prints img/s of each.
 # Environment: PYTHON (default python3), NCCL_DEBUG (e.g. INFO, passed through).
 set -euo pipefail
 
@@ -126,6 +129,43 @@ run_step train-cpu timeout 300 bash -c "$(declare -p HIST_BIN WORK TRAIN_SETS); 
 run_step loss-match compare_losses
 echo "GPU throughput (epoch lines):"
 grep -E "img/s" "$WORK/gpu.log" || true
+
+echo "== 3. mixed precision: channels-last with bf16 / fp16 autocast on cuda:0"
+AMP_STEPS=60
+AMP_SETS=(--set device=cuda:0 --set model.backbone=resnet50 --set model.bn=local
+          --set data.image_size=64 --set train.max_steps=$AMP_STEPS)
+train_amp() { # autocast mode (off, bf16, fp16), model.channels_last (true, false)
+    "$HIST_BIN" train --run-dir "$WORK/amp-$1" "${TRAIN_SETS[@]}" "${AMP_SETS[@]}" \
+        --set train.autocast="$1" --set model.channels_last="$2" > "$WORK/amp-$1.log"
+}
+check_amp() { # autocast mode
+    "$PYTHON" - "$WORK/amp-$1.log" "$1" "$AMP_STEPS" <<'PY'
+import math, re, sys
+text, mode, steps = open(sys.argv[1]).read(), sys.argv[2], int(sys.argv[3])
+losses = [float(m.group(1)) for m in re.finditer(r"^step \d+\s+loss (\S+)", text, re.M)]
+epochs = re.findall(r"^epoch .*", text, re.M)
+for line in epochs:
+    print(f"{mode}: {line}")
+ok = len(losses) == steps and all(math.isfinite(x) for x in losses)
+if mode == "fp16":
+    ok = ok and all("fp16 loss scale" in line for line in epochs)
+last = f"{losses[-1]:.6f}" if losses else "none"
+print(("PASS" if ok else "FAIL") + f" {mode}: {len(losses)}/{steps} steps, all losses finite: "
+      f"{all(math.isfinite(x) for x in losses)}, last loss {last}")
+sys.exit(0 if ok else 1)
+PY
+}
+for mode in off bf16 fp16; do
+    channels_last=true
+    if [[ $mode == off ]]; then channels_last=false; fi
+    run_step "train-amp-$mode" timeout 300 bash -c \
+        "$(declare -p HIST_BIN WORK TRAIN_SETS AMP_SETS); $(declare -f train_amp); train_amp $mode $channels_last"
+    run_step "check-amp-$mode" check_amp "$mode"
+done
+echo "Mixed precision throughput (epoch lines; off = float32, contiguous):"
+for mode in off bf16 fp16; do
+    grep -E "img/s" "$WORK/amp-$mode.log" | sed "s/^/$mode: /" || true
+done
 
 echo "== summary"
 if [[ $failures -eq 0 ]]; then

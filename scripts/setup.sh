@@ -54,6 +54,25 @@ if [[ ! -f "$libtorch/lib/libtorch_cpu.so" ]]; then
   exit 1
 fi
 
+# The fast JPEG path (docs/setup.md): build.rs compiles csrc/jpeg_region.c against the
+# system libjpeg-turbo when its headers are there. Optional: without them the image pipeline
+# decodes JPEG with zune-jpeg (slower), so a failed install only says so.
+has_jpeglib() { printf '#include <stdio.h>\n#include <jpeglib.h>\n' | "${CC:-cc}" -E -x c - >/dev/null 2>&1; }
+if ! has_jpeglib; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing libjpeg-turbo's headers (libjpeg62-turbo-dev) for the fast JPEG path"
+    export DEBIAN_FRONTEND=noninteractive
+    install_jpeg() { apt-get install -y -qq libjpeg62-turbo-dev >/dev/null 2>&1 || apt-get install -y -qq libjpeg-turbo8-dev >/dev/null 2>&1; }
+    if install_jpeg || { apt-get update -qq >/dev/null 2>&1 && install_jpeg; }; then
+      touch "$repo_root/csrc/jpeg_region.c" # so the next build looks for the library again
+    else
+      echo "setup: could not install libjpeg62-turbo-dev; JPEGs will decode with zune-jpeg (slower; docs/setup.md)" >&2
+    fi
+  else
+    echo "setup: jpeglib.h not found; JPEGs will decode with zune-jpeg (slower); for the fast path: apt-get install libjpeg62-turbo-dev (docs/setup.md)"
+  fi
+fi
+
 # cargo reads [env] for build scripts, rustc, `cargo run` and `cargo test`, so no variable
 # has to be exported by hand in a fresh shell. The file is generated (absolute paths) and
 # ignored by git.

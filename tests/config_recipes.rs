@@ -2,7 +2,7 @@
 //! hyper-parameters (design §2's table, from github.com/ljin0429/HIST's README).
 use std::path::Path;
 
-use hist::config::{load_config, Backbone, BatchNormMode, Config};
+use hist::config::{load_config, Backbone, BatchNormMode, Config, Sampling};
 
 fn recipe(name: &str) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(format!("{name}.yaml"));
@@ -37,6 +37,7 @@ fn recipes_carry_the_published_hyper_parameters() {
         assert_eq!(got, (tau, alpha, epochs, lr, lr_ds, factor, wd, step, bn), "configs/{name}.yaml");
         assert_eq!((c.model.backbone, c.model.embedding_dim, c.loss.hgnn_hidden), (Backbone::Resnet50, 512, 512), "{name}");
         assert_eq!((c.optim.lr_decay_gamma, c.train.warmup_epochs, c.data.batch_size), (0.5, 1, 32), "{name}");
+        assert_eq!(c.data.sampling, Sampling::Random, "{name}: the authors' --IPC 0 draws plain random batches");
     }
     let inshop = recipe("inshop");
     assert_eq!(inshop.model.backbone, Backbone::Resnet50);

@@ -10,7 +10,7 @@ use hist::config::{BadImagePolicy, InputConvention};
 use hist::data::pipeline::geometry::CropBox;
 use hist::data::pipeline::normalize::Normalizer;
 use hist::data::pipeline::resample::Resampler;
-use hist::data::pipeline::{decode_file, BatchPlan, FileSet, ImageJob, ImageOp, Loader, PipelineSpec};
+use hist::data::pipeline::{decode_file, jpeg_decoder, BatchPlan, FileSet, ImageJob, ImageOp, Loader, PipelineSpec};
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
@@ -86,6 +86,13 @@ fn is_png(name: &str) -> bool {
     name.ends_with(".png")
 }
 
+/// Whether `name` decodes exactly as PIL decodes it: PNG always; JPEG when the build uses
+/// the system libjpeg-turbo, PIL's own decoder with the same defaults (islow IDCT, fancy
+/// upsampling), rather than zune-jpeg.
+fn decodes_exactly(name: &str) -> bool {
+    is_png(name) || jpeg_decoder().starts_with("libjpeg")
+}
+
 // Reference (pipeline_ref.py test): PIL open + convert("RGB") → Resize(256) → CenterCrop(224)
 // → ToTensor → Normalize(ImageNet).
 #[test]
@@ -111,9 +118,10 @@ fn test_transform_matches_torchvision() {
 /// shrinking; ≈ 4 % when enlarging, where two-tap weights put many exact values on a
 /// boundary). Never more than one level. Two libjpeg-compatible decoders differ
 /// by a few levels in places, mostly from 4:2:0 chroma upsampling (`decoding_matches_pil`
-/// measures the decoders alone: ≤ 4 levels, mean ≈ 0.2); resampling averages that down.
+/// measures zune-jpeg against PIL: ≤ 4 levels, mean ≈ 0.2); resampling averages that down.
+/// libjpeg-turbo decodes as PIL does, so its JPEGs are held to the PNG bounds.
 fn check_levels(name: &str, l: &Levels) {
-    let (max, mean, over) = if is_png(name) { (1.0, 0.06, 0.0) } else { (6.0, 0.35, 0.05) };
+    let (max, mean, over) = if decodes_exactly(name) { (1.0, 0.06, 0.0) } else { (6.0, 0.35, 0.05) };
     assert!(
         l.max <= max + 1e-3 && l.mean <= mean && l.over_one <= over,
         "{name}: max {:.3} levels (<= {max}), mean {:.4} (<= {mean}), >1 level {:.5} (<= {over})",
@@ -139,11 +147,11 @@ fn decoding_matches_pil() {
         let (max, mean) = (d.max().double_value(&[]), d.mean(Kind::Double).double_value(&[]));
         let over = d.gt(1.0).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
         eprintln!("decode {name}: max {max}, mean {mean:.4}, >1 {over:.5}");
-        if is_png(name) {
-            assert_eq!(max, 0.0, "{name}: PNG decoding is exact");
+        if decodes_exactly(name) {
+            assert_eq!(max, 0.0, "{name}: decoding is exact ({})", jpeg_decoder());
         } else {
-            // Measured here: 4:2:0 JPEGs max 4, mean ≈ 0.2, ≈ 6 % of values > 1 level;
-            // 4:4:4 and greyscale mean ≈ 0.01.
+            // zune-jpeg, measured here: 4:2:0 JPEGs max 4, mean ≈ 0.2, ≈ 6 % of values > 1
+            // level; 4:4:4 and greyscale mean ≈ 0.01.
             assert!(max <= 6.0 && mean <= 0.3 && over <= 0.08, "{name}: max {max}, mean {mean:.4}, >1 level {over:.5}");
         }
     }
@@ -173,6 +181,7 @@ fn crop_resize_of_a_box_matches_torchvision() {
         ("flower_500x375.png", 30, 40, 300, 400, 224, true, "bn_inception"),
         ("china_241x180_rgba.png", 0, 0, 180, 241, 64, false, "imagenet"),
         ("china_500x375_q90.jpg", 30, 40, 300, 400, 224, false, "imagenet"),
+        ("china_500x375_q90.jpg", 61, 33, 224, 224, 224, true, "imagenet"), // no resampling
         ("flower_640x427_progressive.jpg", 50, 100, 200, 170, 224, true, "bn_inception"),
     ];
     let json_cases: Vec<Value> = cases
@@ -192,9 +201,16 @@ fn crop_resize_of_a_box_matches_torchvision() {
         let std = if convention == InputConvention::Imagenet { IMAGENET_STD } else { [1.0 / 255.0; 3] };
         let l = levels(&got, want, std);
         eprintln!("case {i} {c:?}: max {:.3} levels, mean {:.4}", l.max, l.mean);
-        if c.3 == c.5 && c.4 == c.5 && is_png(c.0) {
-            // No resampling: decode, flip and normalisation must agree to the bit.
-            assert!(got.equal(want), "case {i}: expected bit-identical output, max {:.3} levels", l.max);
+        if c.3 == c.5 && c.4 == c.5 {
+            if decodes_exactly(c.0) {
+                // No resampling: decode, flip and normalisation must agree to the bit.
+                assert!(got.equal(want), "case {i}: expected bit-identical output, max {:.3} levels", l.max);
+            } else {
+                // zune-jpeg's decoding differences, which no resampling averages down here:
+                // `decoding_matches_pil`'s bounds (measured: max 4, mean 0.32, 9 % > 1 level).
+                assert!(l.max <= 6.0 + 1e-3 && l.mean <= 0.4 && l.over_one <= 0.12, "case {i}: max {:.3}, mean {:.4}, >1 level {:.5}", l.max, l.mean, l.over_one);
+                continue;
+            }
         }
         check_levels(c.0, &l);
     }
@@ -284,7 +300,7 @@ fn load_all(files: &Arc<FileSet>, spec: PipelineSpec, plan: Vec<BatchPlan>) -> V
 #[test]
 fn output_is_independent_of_threads_and_of_the_world_size() {
     use hist::data::pipeline::{PlanRange, SplitImages, TrainBatches};
-    use hist::data::sampler::BalancedSampler;
+    use hist::data::sampler::{BalancedSampler, Sampler};
     let (dir, names) = reference_images();
     let files = file_set(dir.path(), &names);
     let mut small = spec(InputConvention::Imagenet);
@@ -313,7 +329,7 @@ fn output_is_independent_of_threads_and_of_the_world_size() {
 
     // Two ranks' shares of the same global batches, concatenated, equal one rank's.
     let split = SplitImages::Files(Arc::clone(&files));
-    let sampler = BalancedSampler::new(&files.labels, 8, 2, 11).expect("sampler");
+    let sampler = Sampler::Balanced(BalancedSampler::new(&files.labels, 8, 2, 11).expect("sampler"));
     let spec = Arc::new(small);
     let range = |rank, world| PlanRange { from: (0, 1), epochs: 2, rank, world, hflip: true };
     let mut whole = TrainBatches::new(&split, &spec, &sampler, range(0, 1)).expect("batches");
@@ -542,15 +558,20 @@ fn a_rank_whose_whole_share_is_unreadable_still_matches_one_rank() {
         .filter(|&(e, s)| sampler.batch(e, s).chunks(4).any(|half| half.iter().all(|&i| labels[i] < 2)))
         .count();
     assert!(empty_shares > 0, "the plan never puts both bad classes on one rank; pick another layout");
-    let mut settings = cub_settings(&root);
-    settings.push("data.on_bad_image=skip".to_string());
-    settings.push("train.epochs=3".to_string());
-    let (d1, d2) = (tmp.path().join("w1"), tmp.path().join("w2"));
-    let stdout = succeeded(&train(1, &settings, &d1));
-    assert!(stdout.contains("the file is empty"), "{stdout}");
-    succeeded(&train(2, &settings, &d2));
-    let diff = max_param_diff(&d1, &d2);
-    assert!(diff <= 1e-9, "2 ranks differ from 1 rank by {diff:e}");
+    // Trained BatchNorm too: with `sync`, the empty rank contributes a count of 0 to the
+    // statistics and still joins both of the layer's collectives.
+    for bn in ["frozen", "sync"] {
+        let mut settings = cub_settings(&root);
+        settings.push("data.on_bad_image=skip".to_string());
+        settings.push("train.epochs=3".to_string());
+        settings.push(format!("model.bn={bn}"));
+        let (d1, d2) = (tmp.path().join(format!("{bn}-w1")), tmp.path().join(format!("{bn}-w2")));
+        let stdout = succeeded(&train(1, &settings, &d1));
+        assert!(stdout.contains("the file is empty"), "{stdout}");
+        succeeded(&train(2, &settings, &d2));
+        let diff = max_param_diff(&d1, &d2);
+        assert!(diff <= 1e-9, "model.bn={bn}: 2 ranks differ from 1 rank by {diff:e}");
+    }
 }
 
 #[test]

@@ -32,3 +32,10 @@ fn adam_f64_ranks_match_one_rank() {
 fn sgd_f32_ranks_match_one_rank() {
     check(&["dtype=f32", "optim.name=sgd", "optim.lr=0.001", "optim.lr_ds=0.01"], 1e-5);
 }
+
+/// Random batches (`data.sampling: random`, the authors' `--IPC 0`) split by position, not
+/// by class: the same invariant.
+#[test]
+fn random_batches_f64_ranks_match_one_rank() {
+    check(&["dtype=f64", "optim.name=adam", "data.sampling=random"], 1e-9);
+}

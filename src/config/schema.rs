@@ -83,8 +83,12 @@ pub struct DataConfig {
     pub root: Option<String>,
     /// Global batch size (all ranks together).
     pub batch_size: usize,
-    /// Images per class in a batch; must divide `batch_size`.
+    /// Images per class in a batch; must divide `batch_size` (used by `sampling: balanced`).
     pub ipc: usize,
+    /// How batches are drawn: `balanced` (batch/ipc classes × ipc images) or `random`
+    /// (a shuffled epoch cut into batches, as the authors' `--IPC 0`).
+    #[serde(default)]
+    pub sampling: Sampling,
     /// Side of the square synthetic images (and of `folder::load_folder`'s in-memory decode).
     #[serde(default = "default_image_size")]
     pub image_size: usize,
@@ -156,6 +160,17 @@ pub enum InputConvention {
     Imagenet,
     /// BGR in [0, 255] minus [104, 117, 128], std 1 (pretrained-models' `bninception`).
     BnInception,
+}
+
+/// How training batches are drawn (data::sampler).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// batch_size / ipc distinct classes, ipc images each.
+    #[default]
+    Balanced,
+    /// Each epoch a permutation of the training images, cut into batches (last partial dropped).
+    Random,
 }
 
 /// What a corrupt or missing image does.
@@ -274,6 +289,11 @@ pub struct ModelConfig {
     /// Loaded on a fresh run only; a resumed run takes the checkpoint's weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrained: Option<String>,
+    /// On CUDA: keep the backbone's convolution weights, and feed it its input, in the
+    /// channels-last memory format (NHWC), which cuDNN's Tensor Core kernels prefer; the
+    /// values are the same. Ignored on a CPU device (docs/config.md).
+    #[serde(default)]
+    pub channels_last: bool,
 }
 
 fn default_width() -> i64 {
@@ -291,6 +311,7 @@ impl Default for ModelConfig {
             embedding_dim: default_embedding_dim(),
             bn: BatchNormMode::default(),
             pretrained: None,
+            channels_last: false,
         }
     }
 }
@@ -483,6 +504,24 @@ pub struct TrainConfig {
     /// Evaluate before the first step too (the "initialisation" Recall@K).
     #[serde(default = "default_true")]
     pub eval_at_start: bool,
+    /// On CUDA: the backbone and head forward under autocast (`bf16` or `fp16`; `fp16` with
+    /// dynamic loss scaling); parameters, gradients, optimiser state and the loss stay
+    /// float32. Needs `dtype: f32`; ignored on a CPU device (docs/config.md).
+    #[serde(default)]
+    pub autocast: AutocastMode,
+}
+
+/// Reduced-precision forward pass (`train.autocast`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AutocastMode {
+    /// Everything in `dtype`.
+    #[default]
+    Off,
+    /// bfloat16 autocast: float32's range, no loss scaling needed.
+    Bf16,
+    /// float16 autocast with a dynamic loss scaler (torch.amp.GradScaler's rule).
+    Fp16,
 }
 
 fn default_warmup_epochs() -> usize {

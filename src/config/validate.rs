@@ -1,6 +1,6 @@
 //! Range checks on a deserialised config; each failure is one line naming the key,
 //! the value and the bound.
-use super::schema::{Config, DataSource};
+use super::schema::{AutocastMode, Config, DType, DataSource, Sampling};
 
 type Check = std::result::Result<(), String>;
 
@@ -72,6 +72,7 @@ pub fn validate(c: &Config) -> Check {
     }
 
     at_least("train.epochs", c.train.epochs, 1)?;
+    validate_precision(c)?;
     at_least("train.log_every", c.train.log_every, 1)?;
     if c.train.warmup_epochs > c.train.epochs {
         return Err(format!(
@@ -94,27 +95,34 @@ pub fn validate(c: &Config) -> Check {
 fn validate_data(c: &Config) -> Check {
     let d = &c.data;
     at_least("data.batch_size", d.batch_size, 1)?;
-    at_least("data.ipc", d.ipc, 1)?;
-    if d.batch_size % d.ipc != 0 {
-        return Err(format!(
-            "data.ipc ({}) must divide data.batch_size ({}); e.g. set data.batch_size to {}",
-            d.ipc,
-            d.batch_size,
-            (d.batch_size / d.ipc).max(1) * d.ipc
-        ));
-    }
-    if d.batch_size / d.ipc < 2 {
-        return Err(format!(
-            "data.batch_size / data.ipc must be >= 2 classes per batch (got {} / {})",
-            d.batch_size, d.ipc
-        ));
-    }
+    // Classes a batch needs at least: random batches need none in particular.
+    let classes_per_batch = match d.sampling {
+        Sampling::Random => 2,
+        Sampling::Balanced => {
+            at_least("data.ipc", d.ipc, 1)?;
+            if d.batch_size % d.ipc != 0 {
+                return Err(format!(
+                    "data.ipc ({}) must divide data.batch_size ({}); e.g. set data.batch_size to {}",
+                    d.ipc,
+                    d.batch_size,
+                    (d.batch_size / d.ipc).max(1) * d.ipc
+                ));
+            }
+            if d.batch_size / d.ipc < 2 {
+                return Err(format!(
+                    "data.batch_size / data.ipc must be >= 2 classes per batch (got {} / {})",
+                    d.batch_size, d.ipc
+                ));
+            }
+            d.batch_size / d.ipc
+        }
+    };
     at_least("data.image_size", d.image_size, 16)?;
     validate_pipeline(d)?;
     match d.source {
         DataSource::Synthetic => {
             let s = &d.synthetic;
-            at_least("data.synthetic.train_classes", s.train_classes, d.batch_size / d.ipc)?;
+            at_least("data.synthetic.train_classes", s.train_classes, classes_per_batch)?;
             at_least("data.synthetic.test_classes", s.test_classes, 2)?;
             at_least("data.synthetic.images_per_class", s.images_per_class, 2)?;
             let max = crate::data::synthetic::MAX_CLASSES;
@@ -140,6 +148,18 @@ fn validate_data(c: &Config) -> Check {
                 return Err(format!("data.root is required when data.source is {source} (the dataset's folder; see docs/datasets.md)"));
             }
         }
+    }
+    Ok(())
+}
+
+/// Autocast lowers float32 operations: with f64 parameters it would do nothing (autocast
+/// leaves float64 alone), so the combination is refused rather than silently ignored.
+fn validate_precision(c: &Config) -> Check {
+    if c.train.autocast != AutocastMode::Off && c.dtype == DType::F64 {
+        let mode = format!("{:?}", c.train.autocast).to_lowercase();
+        return Err(format!(
+            "train.autocast: {mode} needs dtype: f32 (got dtype: f64); set dtype: f32, or train.autocast: off to keep f64"
+        ));
     }
     Ok(())
 }
@@ -179,5 +199,47 @@ pub fn parse_device(s: &str) -> std::result::Result<tch::Device, String> {
             .and_then(|n| n.parse::<usize>().ok())
             .map(tch::Device::Cuda)
             .ok_or_else(|| format!("device must be cpu, cuda or cuda:N (got {s:?})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_config_str, AutocastMode, ConfigSource};
+
+    const BASE: &str = "data: {batch_size: 8, ipc: 2}\ntrain: {epochs: 1}\n";
+
+    fn load(sets: &[&str]) -> crate::Result<crate::config::Config> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        load_config_str(BASE, ConfigSource::Embedded("test"), &sets)
+    }
+
+    #[test]
+    fn precision_switches_default_off_and_parse_every_mode() {
+        let c = load(&[]).expect("base config");
+        assert!(!c.model.channels_last);
+        assert_eq!(c.train.autocast, AutocastMode::Off);
+        for (text, mode) in [("off", AutocastMode::Off), ("bf16", AutocastMode::Bf16), ("fp16", AutocastMode::Fp16)] {
+            let c = load(&[&format!("train.autocast={text}"), "model.channels_last=true"]).expect(text);
+            assert_eq!(c.train.autocast, mode, "{text}");
+            assert!(c.model.channels_last);
+        }
+        // A CPU device keeps configs with the switches valid (the worker turns them off).
+        assert!(load(&["device=cpu", "train.autocast=fp16", "model.channels_last=true"]).is_ok());
+    }
+
+    #[test]
+    fn unknown_autocast_mode_is_refused_naming_the_key() {
+        let e = load(&["train.autocast=fp8"]).expect_err("fp8 is no mode").to_string();
+        assert!(e.contains("train.autocast") && e.contains("bf16") && e.contains("fp16"), "{e}");
+    }
+
+    #[test]
+    fn autocast_with_f64_is_one_line_naming_both_keys_and_the_fix() {
+        let e = load(&["dtype=f64", "train.autocast=bf16"]).expect_err("autocast needs f32").to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        for part in ["train.autocast: bf16", "dtype: f32", "dtype: f64", "train.autocast: off"] {
+            assert!(e.contains(part), "lacks {part:?}: {e}");
+        }
+        assert!(load(&["dtype=f64", "train.autocast=off", "model.channels_last=true"]).is_ok());
     }
 }

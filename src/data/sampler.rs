@@ -1,12 +1,19 @@
-//! Class-balanced batches: batch/IPC distinct classes × IPC images each, as a pure
-//! function of (seed, epoch, step) so any rank, or a resumed run, can recompute any batch.
+//! The training batch plan, as a pure function of (seed, epoch, step) so any rank, or a
+//! resumed run, can recompute any batch. Two plans (`data.sampling`):
+//! - `balanced` (default): batch/IPC distinct classes × IPC images each;
+//! - `random`: each epoch a permutation of the training images, cut into consecutive
+//!   batches, the last partial one dropped — what the authors' code runs with `--IPC 0`
+//!   (a shuffling DataLoader with drop_last).
 //!
-//! Randomness: batch `step` of `epoch` draws from the stream keyed (seed, `streams::BATCH`,
-//! epoch, step) and its flips from (seed, `streams::FLIP`, epoch, step), so the two never
-//! share draws and turning flips off leaves the batches unchanged (see `data::streams`).
+//! Randomness: balanced batch `step` of `epoch` draws from the stream keyed (seed,
+//! `streams::BATCH`, epoch, step), the random plan's permutation from (seed,
+//! `streams::BATCH`, epoch), and the flips from (seed, `streams::FLIP`, epoch, step), so
+//! batches and flips never share draws and turning flips off leaves the batches unchanged
+//! (see `data::streams`).
 use std::collections::BTreeMap;
 
 use rand::seq::index::sample;
+use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::streams::{self, stream_rng};
@@ -83,11 +90,86 @@ impl BalancedSampler {
         out
     }
 
-    /// Horizontal-flip decisions for the `n` images of batch `step` of `epoch`, on a stream
-    /// of their own so that turning augmentation on or off never changes the batches.
+    /// Horizontal-flip decisions for the `n` images of batch `step` of `epoch`.
     pub fn flips(&self, epoch: usize, step: usize, n: usize) -> Vec<bool> {
-        let mut rng = stream_rng(&[self.seed, streams::FLIP, epoch as u64, step as u64]);
-        (0..n).map(|_| rng.random_bool(0.5)).collect()
+        flips(self.seed, epoch, step, n)
+    }
+}
+
+/// Flip decisions on a stream of their own, so that turning augmentation on or off never
+/// changes the batches.
+fn flips(seed: u64, epoch: usize, step: usize, n: usize) -> Vec<bool> {
+    let mut rng = stream_rng(&[seed, streams::FLIP, epoch as u64, step as u64]);
+    (0..n).map(|_| rng.random_bool(0.5)).collect()
+}
+
+/// Plain random batches: each epoch a fresh permutation of all training images.
+#[derive(Debug, Clone)]
+pub struct RandomSampler {
+    images: usize,
+    batch_size: usize,
+    seed: u64,
+}
+
+impl RandomSampler {
+    /// Errors when there are fewer images than one batch.
+    pub fn new(images: usize, batch_size: usize, seed: u64) -> Result<Self> {
+        if batch_size == 0 || images < batch_size {
+            return Err(HistError::Data {
+                path: "training split".into(),
+                message: format!("{images} images, fewer than one batch of {batch_size}; lower data.batch_size"),
+            });
+        }
+        Ok(RandomSampler { images, batch_size, seed })
+    }
+
+    /// Batches per epoch: ⌊images / batch_size⌋ (the last partial batch is dropped).
+    pub fn steps_per_epoch(&self) -> usize {
+        self.images / self.batch_size
+    }
+
+    /// Indices of batch `step` of `epoch`: positions [step·B, (step+1)·B) of the epoch's
+    /// permutation, so an epoch visits every image at most once.
+    pub fn batch(&self, epoch: usize, step: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.images).collect();
+        order.shuffle(&mut stream_rng(&[self.seed, streams::BATCH, epoch as u64]));
+        order[step * self.batch_size..(step + 1) * self.batch_size].to_vec()
+    }
+}
+
+/// The configured plan (`data.sampling`).
+#[derive(Debug, Clone)]
+pub enum Sampler {
+    /// Class-balanced batches.
+    Balanced(BalancedSampler),
+    /// Plain random batches.
+    Random(RandomSampler),
+}
+
+impl Sampler {
+    /// Batches per epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        match self {
+            Sampler::Balanced(s) => s.steps_per_epoch(),
+            Sampler::Random(s) => s.steps_per_epoch(),
+        }
+    }
+
+    /// Image indices of batch `step` of `epoch`.
+    pub fn batch(&self, epoch: usize, step: usize) -> Vec<usize> {
+        match self {
+            Sampler::Balanced(s) => s.batch(epoch, step),
+            Sampler::Random(s) => s.batch(epoch, step),
+        }
+    }
+
+    /// Horizontal-flip decisions for the `n` images of batch `step` of `epoch`.
+    pub fn flips(&self, epoch: usize, step: usize, n: usize) -> Vec<bool> {
+        let seed = match self {
+            Sampler::Balanced(s) => s.seed,
+            Sampler::Random(s) => s.seed,
+        };
+        flips(seed, epoch, step, n)
     }
 }
 
@@ -130,6 +212,27 @@ mod tests {
             }
         }
         assert_eq!(counts.len(), 10);
+    }
+
+    #[test]
+    fn random_batches_cover_an_epoch_once_and_are_deterministic() {
+        let s = RandomSampler::new(203, 20, 5).expect("sampler");
+        assert_eq!(s.steps_per_epoch(), 10);
+        let epoch: Vec<usize> = (0..10).flat_map(|step| s.batch(3, step)).collect();
+        assert_eq!(epoch.iter().collect::<HashSet<_>>().len(), 200, "no image twice in an epoch");
+        assert_eq!(s.batch(3, 4), RandomSampler::new(203, 20, 5).expect("sampler").batch(3, 4));
+        assert_ne!(s.batch(3, 4), s.batch(4, 4), "epochs reshuffle");
+        assert_ne!(s.batch(3, 4), RandomSampler::new(203, 20, 6).expect("sampler").batch(3, 4), "seed matters");
+        // Not class-balanced: a batch of 20 from 10 classes usually repeats some 3+ times.
+        let labels = labels();
+        let s = Sampler::Random(RandomSampler::new(200, 20, 1).expect("sampler"));
+        let uneven = (0..10).any(|step| {
+            let mut counts: HashMap<i64, usize> = HashMap::new();
+            s.batch(0, step).iter().for_each(|&i| *counts.entry(labels[i]).or_default() += 1);
+            counts.values().any(|&c| c != 2)
+        });
+        assert!(uneven);
+        assert!(RandomSampler::new(19, 20, 0).is_err());
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! normalisation) into f32 batches of `batch`, on `threads` decode threads; `img_per_s`
 //! times from starting the loader to receiving the last batch, `steady_img_per_s` from
 //! the first batch to the last (start-up left out). With `--components`, one thread
-//! also times each stage alone over one pass: reading the file, decoding, crop + resize,
-//! normalisation.
+//! also times each stage alone over one pass: reading the file, decoding as the train
+//! transform does (only the crop's region where the decoder can), decoding whole images
+//! (for comparison), crop + resize, normalisation. `decoder` names the JPEG decoder.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,9 +17,10 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::config::{BadImagePolicy, InputConvention};
+use crate::data::pipeline::geometry::CropBox;
 use crate::data::pipeline::normalize::Normalizer;
 use crate::data::pipeline::resample::Resampler;
-use crate::data::pipeline::{decode_bytes, BatchPlan, FileSet, ImageJob, ImageOp, Loader, PipelineSpec};
+use crate::data::pipeline::{decode_bytes, decode_bytes_region, jpeg_decoder, BatchPlan, FileSet, ImageJob, ImageOp, Loader, PipelineSpec};
 use crate::error::{HistError, Result};
 
 /// What to measure.
@@ -61,6 +63,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     tch::set_num_threads(1);
     let timing = time_loader(&files, &spec, args)?;
     let mut report = json!({
+        "decoder": jpeg_decoder(),
         "threads": args.threads,
         "batch": args.batch,
         "files": files.paths.len(),
@@ -131,28 +134,33 @@ fn time_components(files: &FileSet, spec: &PipelineSpec) -> Result<serde_json::V
     let t = Instant::now();
     let bytes: Vec<Vec<u8>> = files.paths.iter().map(|p| std::fs::read(p).map_err(|e| HistError::io(p, e))).collect::<Result<_>>()?;
     let read = t.elapsed().as_secs_f64();
+    let bad = |i: usize| move |m: String| HistError::Data { path: files.paths[i].clone(), message: m };
+    // The crops of ImageOp::Train { epoch: 0, step: 0, position: i, flip: i % 2 == 0 }.
     let t = Instant::now();
-    let decoded = bytes
-        .iter()
-        .zip(&files.paths)
-        .map(|(b, p)| decode_bytes(b).map_err(|m| HistError::Data { path: p.clone(), message: m }))
-        .collect::<Result<Vec<_>>>()?;
+    let mut regions = Vec::with_capacity(n);
+    for (i, b) in bytes.iter().enumerate() {
+        regions.push(decode_bytes_region(b, |w, h| spec.train_crop_box(w, h, 0, 0, i)).map_err(bad(i))?);
+    }
     let decode = t.elapsed().as_secs_f64();
-    let mut resampler = Resampler::new();
     let t = Instant::now();
-    let mut resized = Vec::with_capacity(n);
-    for (i, img) in decoded.iter().enumerate() {
-        let op = ImageOp::Train { epoch: 0, step: 0, position: i, flip: i % 2 == 0 };
-        resized.push(spec.resample(img, &op, &mut resampler).map_err(|m| HistError::Data { path: files.paths[i].clone(), message: m })?);
+    for (i, b) in bytes.iter().enumerate() {
+        decode_bytes(b).map_err(bad(i))?;
+    }
+    let decode_whole = t.elapsed().as_secs_f64();
+    let mut resampler = Resampler::new();
+    let (side, mut resized) = (spec.train_crop, Vec::with_capacity(n));
+    let t = Instant::now();
+    for (i, (image, region)) in regions.iter().enumerate() {
+        let out = resampler.crop_resize(image, *region, side, side).map_err(bad(i))?;
+        resized.push((out, CropBox::full(side, side), i % 2 == 0));
     }
     let resample = t.elapsed().as_secs_f64();
-    let side = spec.train_crop as usize;
-    let mut out = vec![0f32; 3 * side * side];
+    let mut out = vec![0f32; 3 * side as usize * side as usize];
     let t = Instant::now();
     for (img, region, flip) in &resized {
         spec.normalizer.write_chw(img, *region, *flip, &mut out);
     }
     let normalize = t.elapsed().as_secs_f64();
     let ms = |s: f64| 1e3 * s / n as f64;
-    Ok(json!({"read": ms(read), "decode": ms(decode), "resample": ms(resample), "normalize": ms(normalize)}))
+    Ok(json!({"read": ms(read), "decode": ms(decode), "decode_whole": ms(decode_whole), "resample": ms(resample), "normalize": ms(normalize)}))
 }

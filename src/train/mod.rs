@@ -1,4 +1,5 @@
 //! Training: optimisers over parameters the project owns, schedules, the loop.
+pub mod grad_scaler;
 pub mod optim;
 pub mod param_groups;
 pub mod resume;

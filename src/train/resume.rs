@@ -1,10 +1,11 @@
 //! Between the training loop and the checkpoint store: what a checkpoint holds of a run
-//! (every variable, the optimiser's state, the position in the batch plan, the running
-//! epoch sums) and how a run is put back exactly where it was.
+//! (every variable, the optimiser's state, the fp16 loss scaler's state, the position in
+//! the batch plan, the running epoch sums) and how a run is put back exactly where it was.
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
+use super::grad_scaler::{GradScaler, STATE_PREFIX as SCALER_PREFIX};
 use super::optim::Optimizer;
 use super::trainer::TrainState;
 use crate::checkpoint::{check_compat, config_fingerprint, CheckpointMeta, CheckpointStore, CheckpointTensors, Compat, LoadedCheckpoint};
@@ -40,11 +41,14 @@ pub fn compat(config: &Config, train_classes: i64) -> Compat {
     }
 }
 
-/// The checkpoint of the run at `point`.
+/// The checkpoint of the run at `point`. Variables are written in the standard (NCHW)
+/// layout whatever their memory format; the scaler's state goes beside the optimiser's.
+#[allow(clippy::too_many_arguments)]
 pub fn snapshot(
     config: &Config,
     state: &TrainState,
     optimizer: &Optimizer,
+    scaler: Option<&GradScaler>,
     point: &ResumePoint,
     recall_at_1: Option<f64>,
     world_size: usize,
@@ -73,13 +77,18 @@ pub fn snapshot(
         .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous()))
         .collect();
     model.sort_by(|a, b| a.0.cmp(&b.0));
-    let optim = optimizer.state_tensors().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
+    let mut optim: Vec<(String, Tensor)> =
+        optimizer.state_tensors().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
+    optim.extend(scaler.map(GradScaler::state_tensors).unwrap_or_default());
     Ok((meta, CheckpointTensors { model, optim }))
 }
 
-/// Copies a loaded checkpoint into the model, loss and optimiser; every variable must be
-/// present with its shape, and nothing unknown may be left over.
-pub fn restore(loaded: &LoadedCheckpoint, state: &TrainState, optimizer: &mut Optimizer) -> Result<ResumePoint> {
+/// Copies a loaded checkpoint into the model, loss, optimiser and (fp16) loss scaler; every
+/// variable must be present with its shape, and nothing unknown may be left over. Values
+/// are copied element by element, so channels-last variables take NCHW-written ones. A
+/// scaler keeps its initial state when the checkpoint has none (it was written without
+/// fp16); a checkpoint's scaler state is ignored when this run has no scaler.
+pub fn restore(loaded: &LoadedCheckpoint, state: &TrainState, optimizer: &mut Optimizer, scaler: Option<&mut GradScaler>) -> Result<ResumePoint> {
     let bad = |message: String| HistError::Io { path: loaded.path.clone(), message };
     let vars = state.vs.variables();
     let mut seen = 0usize;
@@ -99,7 +108,16 @@ pub fn restore(loaded: &LoadedCheckpoint, state: &TrainState, optimizer: &mut Op
         let missing: Vec<&String> = vars.keys().filter(|k| !loaded.tensors.model.iter().any(|(n, _)| n == *k)).collect();
         return Err(bad(format!("lacks {} variable(s) of this model, e.g. {:?}", missing.len(), missing.first())));
     }
-    optimizer.load_state_tensors(&loaded.tensors.optim)?;
+    let (scaler_state, optim_state): (Vec<_>, Vec<_>) = loaded
+        .tensors
+        .optim
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .partition(|(n, _)| n.starts_with(SCALER_PREFIX));
+    optimizer.load_state_tensors(&optim_state)?;
+    if let (Some(scaler), false) = (scaler, scaler_state.is_empty()) {
+        scaler.load_state_tensors(&scaler_state).map_err(|e| bad(e.to_string()))?;
+    }
     let m = &loaded.meta;
     Ok(ResumePoint {
         epoch: m.epoch,
@@ -186,9 +204,17 @@ impl<'a> Checkpointing<'a> {
     }
 
     /// Writes the checkpoint of `point` (rank 0) and waits for every rank.
-    pub fn save(&self, pg: &mut dyn Collectives, state: &TrainState, optimizer: &Optimizer, point: &ResumePoint, recall_at_1: Option<f64>) -> Result<()> {
+    pub fn save(
+        &self,
+        pg: &mut dyn Collectives,
+        state: &TrainState,
+        optimizer: &Optimizer,
+        scaler: Option<&GradScaler>,
+        point: &ResumePoint,
+        recall_at_1: Option<f64>,
+    ) -> Result<()> {
         if let Some(store) = &self.store {
-            let (meta, tensors) = snapshot(self.config, state, optimizer, point, recall_at_1, self.world_size, self.train_classes)?;
+            let (meta, tensors) = snapshot(self.config, state, optimizer, scaler, point, recall_at_1, self.world_size, self.train_classes)?;
             store.save(&meta, &tensors)?;
         }
         pg.barrier()

@@ -1,10 +1,14 @@
 //! One optimiser step of one rank: local forward, all-gather to the global batch, HIST
-//! loss on the global batch, backward, gradient reduction, update (design §3).
+//! loss on the global batch, backward, gradient reduction, update (design §3). With
+//! `train.autocast` on CUDA the forward runs under autocast and fp16 adds loss scaling
+//! (train::grad_scaler); everything from the embeddings on stays float32.
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
+use super::grad_scaler::GradScaler;
 use super::optim::Optimizer;
+use crate::config::{DataConfig, Sampling};
 use crate::data::pipeline::rank_positions;
 use crate::dist::gather::gather_with_grad;
 use crate::dist::grad_sync::{reduce_gradients, GradRule};
@@ -12,21 +16,26 @@ use crate::dist::sync_bn::with_sync_bn;
 use crate::dist::Collectives;
 use crate::error::{HistError, Result};
 use crate::loss::HistLoss;
+use crate::model::autocast::{with_autocast, Autocast};
 use crate::model::EmbeddingModel;
 
-/// This rank's share of a global batch plan: a contiguous slice of whole classes.
+/// This rank's share of a global batch plan: a contiguous slice (whole classes under balanced sampling).
 pub fn local_slice<T: Clone>(global: &[T], rank: usize, world: usize) -> Vec<T> {
     global[rank_positions(global.len(), rank, world)].to_vec()
 }
 
-/// Checks that every rank can take whole classes of each batch.
-pub fn check_shardable(batch_size: usize, ipc: usize, world: usize) -> Result<()> {
-    let classes = batch_size / ipc;
-    if !classes.is_multiple_of(world) {
+/// Checks that every rank can take an equal share of each batch: whole classes under
+/// `sampling: balanced`, an equal number of images under `random`.
+pub fn check_shardable(data: &DataConfig, world: usize) -> Result<()> {
+    let (units, what, to_batch) = match data.sampling {
+        Sampling::Balanced => (data.batch_size / data.ipc, "classes per batch (data.batch_size / data.ipc)", data.ipc),
+        Sampling::Random => (data.batch_size, "images per batch (data.batch_size)", 1),
+    };
+    if !units.is_multiple_of(world) {
         return Err(HistError::Dist(format!(
-            "data.batch_size / data.ipc = {classes} classes per batch cannot be split evenly over {world} ranks; \
+            "{units} {what} cannot be split evenly over {world} ranks; \
              make it a multiple of the world size (e.g. data.batch_size={})",
-            classes.div_ceil(world) * world * ipc
+            units.div_ceil(world) * world * to_batch
         )));
     }
     Ok(())
@@ -52,9 +61,21 @@ pub struct StepStats {
     pub comm_seconds: f64,
     /// Positions in the global batch whose image was skipped (on any rank), ascending.
     pub dropped: Vec<usize>,
+    /// The optimiser did not step: fp16 gradients overflowed (the loss scale backed off).
+    pub skipped: bool,
 }
 
-/// Runs one step.
+/// This rank's embeddings as the loss takes them: the model's forward pass, inside an
+/// autocast region when `autocast` is set and then cast to float32, so that the all-gather
+/// and the HIST loss (whose Mahalanobis distances cancel between three matmuls) run in
+/// float32 whatever the backbone computed in.
+pub fn embed_for_loss(model: &EmbeddingModel, images: &Tensor, train: bool, autocast: Option<Autocast>) -> Result<Tensor> {
+    let embeddings = with_autocast(autocast, || model.forward(images, train))?;
+    Ok(if autocast.is_some() { embeddings.to_kind(Kind::Float) } else { embeddings })
+}
+
+/// Runs one step. `autocast` and `scaler` come from `model::precision::Precision` (both
+/// `None` on the CPU; the scaler for fp16 only).
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     pg: &mut dyn Collectives,
@@ -65,8 +86,10 @@ pub fn train_step(
     batch: StepBatch,
     device: Device,
     bucket_bytes: usize,
+    autocast: Option<Autocast>,
+    scaler: Option<&mut GradScaler>,
 ) -> Result<StepStats> {
-    let local_emb = with_sync_bn(pg, || model.forward(&batch.images, true))?;
+    let local_emb = with_sync_bn(pg, || embed_for_loss(model, &batch.images, true, autocast))??;
     let t_gather = Instant::now();
     let (global_emb, labels, dropped) = match &batch.present {
         None => (gather_with_grad(pg, &local_emb)?, batch.labels, Vec::new()),
@@ -76,13 +99,28 @@ pub fn train_step(
     let labels = Tensor::from_slice(&labels).to_device(device);
     let terms = loss.forward(&global_emb, &labels);
     optimizer.zero_grad();
-    with_sync_bn(pg, || terms.total.backward())?;
+    let objective = match &scaler {
+        Some(s) => s.scale_loss(&terms.total),
+        None => terms.total.shallow_clone(),
+    };
+    with_sync_bn(pg, || objective.backward())?;
     let t_reduce = Instant::now();
     reduce_gradients(pg, reduce_params, bucket_bytes)?;
     comm_seconds += t_reduce.elapsed().as_secs_f64();
-    optimizer.step();
+    // Unscaled after the all-reduce: every rank holds the same gradients here, so every rank
+    // reaches the same verdict without a collective of its own (train::grad_scaler).
+    let step = match scaler {
+        Some(s) => {
+            let grads: Vec<Tensor> = reduce_params.iter().map(|(p, _)| p.grad()).filter(Tensor::defined).collect();
+            s.unscale_and_update(&grads)?
+        }
+        None => true,
+    };
+    if step {
+        optimizer.step();
+    }
     let losses = [&terms.total, &terms.ds, &terms.ce].map(|t| t.double_value(&[]));
-    Ok(StepStats { losses, comm_seconds, dropped })
+    Ok(StepStats { losses, comm_seconds, dropped, skipped: !step })
 }
 
 /// The global batch's embeddings and labels without the skipped images, and the skipped

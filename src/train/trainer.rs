@@ -8,13 +8,14 @@ use std::time::Instant;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::grad_scaler::GradScaler;
 use super::optim::{Optimizer, OptimizerKind};
 use super::param_groups::{base_lrs, param_groups, scheduled_lr, set_trunk_frozen, GROUP_NAMES};
 use super::step::{check_shardable, train_step, StepBatch};
 use super::resume::{choose_checkpoint, compat, load_compatible, restore, Checkpointing, ResumePoint};
 use super::stop::{StopFlag, StopReason};
-use crate::config::{parse_device, BadImagePolicy, Config, DataSource, OptimName};
-use crate::data::sampler::BalancedSampler;
+use crate::config::{parse_device, BadImagePolicy, Config, DataSource, OptimName, Sampling};
+use crate::data::sampler::{BalancedSampler, RandomSampler, Sampler};
 use crate::data::pipeline::{Dataset, PipelineSpec, PlanRange, SplitImages, TrainBatches};
 use crate::data::{folder, synthetic};
 use crate::dist::grad_sync::{broadcast_from_rank0, GradRule};
@@ -22,8 +23,10 @@ use crate::dist::Collectives;
 use crate::error::{HistError, Result};
 use crate::eval::knn::KnnOptions;
 use crate::eval::retrieval::retrieval_metrics;
-use crate::eval::{embed_sharded, recall_at_k, Split};
+use crate::eval::recall_at_k;
+use crate::eval::test_split::embed_test_split;
 use crate::loss::{HistHyper, HistLoss};
+use crate::model::precision::Precision;
 use crate::model::EmbeddingModel;
 use crate::progress::Progress;
 use crate::telemetry::hparams::SessionStatus;
@@ -80,7 +83,8 @@ pub struct TrainState {
     pub loss: HistLoss,
 }
 
-/// Builds the model and loss for `train_classes` classes, seeded and in the config's dtype.
+/// Builds the model and loss for `train_classes` classes, seeded and in the config's dtype;
+/// on CUDA with `model.channels_last`, the backbone's weights channels-last.
 pub fn build_state(config: &Config, train_classes: i64, device: Device) -> TrainState {
     tch::manual_seed(config.seed as i64);
     let vs = VarStore::new(device);
@@ -90,6 +94,9 @@ pub fn build_state(config: &Config, train_classes: i64, device: Device) -> Train
     let mut state = TrainState { vs, model, loss };
     if config.dtype.kind() == Kind::Double {
         state.vs.double();
+    }
+    if Precision::resolve(config, device).channels_last {
+        state.model.use_channels_last(&state.vs);
     }
     state
 }
@@ -141,21 +148,20 @@ fn evaluate(
     spec: &Arc<PipelineSpec>,
     device: Device,
 ) -> Result<Evaluation> {
-    let emb = embed_sharded(pg, &state.model, &data.test, spec, config.eval.batch_size, config.dtype.kind(), device)?;
-    let labels = data.test.labels_of(&emb.kept);
-    let r = match &data.query_gallery {
-        None => recall_at_k(&emb.embeddings, &labels, &config.eval.ks),
-        Some(qg) => {
-            let query: Vec<bool> = emb.kept.iter().map(|&i| qg.query[i]).collect();
-            let gallery: Vec<bool> = emb.kept.iter().map(|&i| qg.gallery[i]).collect();
-            let split = Split::from_masks(labels.len(), Some(&query), Some(&gallery))?;
-            let metrics = retrieval_metrics(&emb.embeddings, &labels, &split, &config.eval.ks, &KnnOptions::default())?;
-            metrics.recall.into_iter().map(|(_, v)| v).collect()
-        }
+    let test = embed_test_split(pg, &state.model, data, spec, config.eval.batch_size, config.dtype.kind(), device)?;
+    let r = if test.split.is_same_source() {
+        recall_at_k(&test.embeddings, &test.labels, &config.eval.ks)
+    } else {
+        let metrics = retrieval_metrics(&test.embeddings, &test.labels, &test.split, &config.eval.ks, &KnnOptions::default())?;
+        metrics.recall.into_iter().map(|(_, v)| v).collect()
     };
-    let kept: HashSet<usize> = emb.kept.iter().copied().collect();
-    let skipped = (0..data.test.len()).filter(|i| !kept.contains(i)).collect();
-    Ok(Evaluation { recall: config.eval.ks.iter().copied().zip(r).collect(), skipped, embeddings: emb.embeddings, labels, kept: emb.kept })
+    Ok(Evaluation {
+        recall: config.eval.ks.iter().copied().zip(r).collect(),
+        skipped: test.skipped,
+        embeddings: test.embeddings,
+        labels: test.labels,
+        kept: test.kept,
+    })
 }
 
 /// Prints a warning naming each newly skipped image of `split` (rank 0 calls this).
@@ -213,7 +219,7 @@ pub fn resolve_device(config: &Config) -> Result<Device> {
 /// (rank 0) and `None` elsewhere; only that rank prints and writes files.
 pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, stop: &StopFlag) -> Result<TrainSummary> {
     let device = resolve_device(config)?;
-    check_shardable(config.data.batch_size, config.data.ipc, pg.world_size())?;
+    check_shardable(&config.data, pg.world_size())?;
     let created_run_dir = run_dir.is_some_and(|d| !d.exists());
     if let Some(dir) = run_dir {
         prepare_run_dir(dir, config)?;
@@ -244,7 +250,10 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         t_data.elapsed().as_secs_f64(),
         pg.world_size()
     ));
-    let sampler = BalancedSampler::new(splits.train.labels(), config.data.batch_size, config.data.ipc, config.seed)?;
+    let sampler = match config.data.sampling {
+        Sampling::Balanced => Sampler::Balanced(BalancedSampler::new(splits.train.labels(), config.data.batch_size, config.data.ipc, config.seed)?),
+        Sampling::Random => Sampler::Random(RandomSampler::new(splits.train.len(), config.data.batch_size, config.seed)?),
+    };
     let spec = Arc::new(PipelineSpec::from_config(&config.data, config.model.backbone, config.seed));
     if splits.is_streamed() {
         say(&format!(
@@ -259,6 +268,11 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     }
     let mut warned: HashSet<(bool, usize)> = HashSet::new();
     let state = build_state(config, splits.train.num_classes() as i64, device);
+    let precision = Precision::resolve(config, device);
+    if let Some(notice) = Precision::cpu_notice(config, device) {
+        say(&notice);
+    }
+    let mut scaler = precision.loss_scaling().then(GradScaler::default);
     let mut all_vars: Vec<(String, Tensor)> = state.vs.variables().into_iter().collect();
     all_vars.sort_by(|a, b| a.0.cmp(&b.0));
     broadcast_from_rank0(pg, &all_vars)?;
@@ -272,7 +286,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     let mut point = ResumePoint::default();
     if let Some(path) = choose_checkpoint(pg, checkpoints.store(), device)? {
         let loaded = load_compatible(&path, &compat(config, classes))?;
-        point = restore(&loaded, &state, &mut optimizer)?;
+        point = restore(&loaded, &state, &mut optimizer, scaler.as_mut())?;
         if loaded.meta.world_size != pg.world_size() {
             say(&format!(
                 "the checkpoint was written by {} rank(s); continuing with {} (the batch plan does not depend on the world size)",
@@ -365,7 +379,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
             let flips = if config.data.hflip { sampler.flips(epoch, step, global.len()) } else { Vec::new() };
             let local = batches.local(epoch, step, &global, &flips, rank, world, kind, device)?;
             let batch = StepBatch { images: local.images, labels: splits.train.labels_of(&global), present: local.present };
-            let stats = train_step(pg, &state.model, &state.loss, &mut optimizer, &rules, batch, device, bucket_bytes)?;
+            let stats = train_step(pg, &state.model, &state.loss, &mut optimizer, &rules, batch, device, bucket_bytes, precision.autocast, scaler.as_mut())?;
             if !stats.dropped.is_empty() {
                 skipped_train += stats.dropped.len();
                 let samples: Vec<usize> = stats.dropped.iter().map(|&p| global[p]).collect();
@@ -395,10 +409,15 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
                     for (g, group) in optimizer.groups().iter().enumerate() {
                         l.scalar(&format!("train/lr/{}", GROUP_NAMES[g]), group.lr, global_step)?;
                     }
+                    if let Some(s) = &scaler {
+                        l.scalar("train/grad_scale", s.scale(), global_step)?;
+                        l.scalar("train/skipped_steps", s.skipped_steps() as f64, global_step)?;
+                    }
                 }
             }
             if config.train.print_every > 0 && global_step % config.train.print_every == 0 {
-                say(&format!("step {global_step}  loss {:.6} (ds {:.6}, ce {:.6})", values[0], values[1], values[2]));
+                let skipped = if stats.skipped { "  (update skipped: fp16 gradients overflowed)" } else { "" };
+                say(&format!("step {global_step}  loss {:.6} (ds {:.6}, ce {:.6}){skipped}", values[0], values[1], values[2]));
             }
             let here = ResumePoint { epoch, step_in_epoch: step + 1, global_step, epoch_sums: sums, epoch_steps: steps_this_epoch };
             if config.train.max_steps > 0 && global_step >= config.train.max_steps {
@@ -406,12 +425,12 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
                 break;
             }
             if let Some(reason) = stop.agreed(pg, device)? {
-                checkpoints.save(pg, &state, &optimizer, &here, None)?;
+                checkpoints.save(pg, &state, &optimizer, scaler.as_ref(), &here, None)?;
                 stopped = Some(reason);
                 break;
             }
             if checkpoints.due(global_step) {
-                checkpoints.save(pg, &state, &optimizer, &here, None)?;
+                checkpoints.save(pg, &state, &optimizer, scaler.as_ref(), &here, None)?;
             }
         }
         drop(bar);
@@ -437,8 +456,9 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         let epochs_left = config.train.epochs - epoch - 1;
         let eta = t_run.elapsed().as_secs_f64() / (epoch + 1 - point.epoch) as f64 * epochs_left as f64;
         let eta = if epochs_left > 0 { format!("; ETA {}", format_duration(eta)) } else { String::new() };
+        let amp = scaler.as_ref().map_or(String::new(), |s| format!("; fp16 loss scale {}, {} update(s) skipped", s.scale(), s.skipped_steps()));
         say(&format!(
-            "epoch {}/{}  step {}  loss {:.4} (ds {:.4}, ce {:.4})  {}  ({:.1} s; {throughput}{skipped}{eta})",
+            "epoch {}/{}  step {}  loss {:.4} (ds {:.4}, ce {:.4})  {}  ({:.1} s; {throughput}{skipped}{amp}{eta})",
             epoch + 1,
             config.train.epochs,
             global_step,
@@ -459,7 +479,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         let next = ResumePoint { epoch: epoch + 1, global_step, ..ResumePoint::default() };
         let recall_at_1 = r.iter().find(|(k, _)| *k == 1).map(|(_, v)| *v);
         if !stopped_early {
-            checkpoints.save(pg, &state, &optimizer, &next, recall_at_1)?;
+            checkpoints.save(pg, &state, &optimizer, scaler.as_ref(), &next, recall_at_1)?;
         }
         final_recall = r;
         last_eval = Some(eval);

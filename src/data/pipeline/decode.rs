@@ -1,12 +1,17 @@
-//! One image file to 8-bit RGB. JPEG goes straight to zune-jpeg (SIMD, pure Rust; the
-//! fastest maintained decoder we measured, docs/benchmarks.md), PNG to the `image` crate.
-//! The format is sniffed from the first bytes, so a PNG named .jpg still loads. As PIL's
-//! `convert("RGB")`: grey is replicated, alpha dropped, EXIF orientation not applied.
+//! One image file to 8-bit RGB, whole or only the part a crop needs. The format is sniffed
+//! from the first bytes, so a PNG named .jpg still loads. As PIL's `convert("RGB")`: grey
+//! is replicated, alpha dropped, EXIF orientation not applied.
+//!
+//! JPEG: the system libjpeg-turbo when the build found it (`cfg(hist_libjpeg)`, build.rs;
+//! jpeg_region.rs), which is PIL's own decoder and can decode a region alone; zune-jpeg
+//! (SIMD, pure Rust) otherwise, and for the colour spaces libjpeg cannot give as RGB
+//! (CMYK, YCCK). PNG: the `image` crate.
 //!
 //! A truncated JPEG is an error (PIL raises "image file is truncated"), not the grey-filled
-//! picture a lenient decoder returns. So a JPEG is decoded strictly first; when the strict
-//! decoder objects to anything but missing data (stray bytes between markers and the like,
-//! which libjpeg only warns about), it is decoded again leniently.
+//! picture a lenient decoder returns. libjpeg-turbo reports missing data as a warning,
+//! which the shim makes an error. zune-jpeg decodes strictly first; when the strict decoder
+//! objects to anything but missing data (stray bytes between markers and the like, which
+//! libjpeg only warns about), it decodes again leniently.
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -17,48 +22,125 @@ use zune_core::options::DecoderOptions;
 use zune_jpeg::errors::DecodeErrors;
 use zune_jpeg::JpegDecoder;
 
+use super::geometry::CropBox;
+#[cfg(hist_libjpeg)]
+use super::jpeg_region::{JpegError, JpegFile};
 use crate::data::folder::os_reason;
 use crate::error::{HistError, Result};
 
 const JPEG_MAGIC: [u8; 2] = [0xFF, 0xD8];
+/// The EOI marker that ends a complete JPEG.
+#[cfg(hist_libjpeg)]
+const JPEG_END: [u8; 2] = [0xFF, 0xD9];
 const PNG_MAGIC: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+const TRUNCATED: &str = "the JPEG data ends early (truncated file)";
 
 /// What to tell the user to do about a file that cannot be used.
 const FIX: &str = "fix or remove the file, or set data.on_bad_image: skip to leave it out";
 
+/// Which JPEG decoder this build uses, for reports.
+pub fn jpeg_decoder() -> String {
+    #[cfg(hist_libjpeg)]
+    return format!("libjpeg-turbo {}, system library, region decoding", super::jpeg_region::version());
+    #[cfg(not(hist_libjpeg))]
+    return "zune-jpeg, whole images (libjpeg-turbo not built in)".to_string();
+}
+
 /// Reads and decodes `path`; an error names the file, says what is wrong and the fix.
 pub fn decode_file(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| HistError::Data { path: path.to_path_buf(), message: format!("cannot read: {}; {FIX}", os_reason(&e)) })?;
-    decode_bytes(&bytes).map_err(|reason| {
-        let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
-        HistError::Data { path: path.to_path_buf(), message: format!("cannot decode image: {reason}; {FIX}") }
-    })
+    let bytes = read_file(path)?;
+    decode_bytes(&bytes).map_err(|reason| undecodable(path, &reason))
+}
+
+/// Reads `path` and decodes at least the box that `choose` picks from the image's width and
+/// height; returns the pixels and where that box lies in them. With libjpeg-turbo only the
+/// box's rows and a window of columns around it are decoded; otherwise the whole image.
+/// Errors as [`decode_file`].
+pub fn decode_file_region(path: &Path, choose: impl FnOnce(u32, u32) -> CropBox) -> Result<(RgbImage, CropBox)> {
+    let bytes = read_file(path)?;
+    decode_bytes_region(&bytes, choose).map_err(|reason| undecodable(path, &reason))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| HistError::Data { path: path.to_path_buf(), message: format!("cannot read: {}; {FIX}", os_reason(&e)) })
+}
+
+fn undecodable(path: &Path, reason: &str) -> HistError {
+    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    HistError::Data { path: path.to_path_buf(), message: format!("cannot decode image: {reason}; {FIX}") }
 }
 
 /// Decodes a JPEG or PNG held in memory; the error is the reason alone.
 pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
-    // A decoder bug on hostile bytes must become this file's error, not a dead worker.
-    catch_unwind(AssertUnwindSafe(|| {
-        if bytes.starts_with(&JPEG_MAGIC) {
-            decode_jpeg(bytes)
-        } else if bytes.starts_with(&PNG_MAGIC) {
-            decode_png(bytes)
-        } else if bytes.is_empty() {
-            Err("the file is empty".to_string())
-        } else {
-            Err("not a JPEG or PNG file (unrecognised first bytes)".to_string())
+    guarded(|| decode_whole(bytes))
+}
+
+/// [`decode_file_region`] on bytes held in memory; the error is the reason alone.
+pub fn decode_bytes_region(bytes: &[u8], choose: impl FnOnce(u32, u32) -> CropBox) -> std::result::Result<(RgbImage, CropBox), String> {
+    guarded(|| {
+        // Region decoding stops after the box's last row, so data missing further down would
+        // go unnoticed; a file that does not end with EOI is decoded whole, which reports it.
+        #[cfg(hist_libjpeg)]
+        if bytes.starts_with(&JPEG_MAGIC) && bytes.ends_with(&JPEG_END) {
+            match JpegFile::open(bytes) {
+                Err(JpegError::Unsupported) => {} // whole, by zune-jpeg, below
+                Err(e) => return Err(libjpeg_reason(e)),
+                Ok(file) => {
+                    let (w, h) = file.dimensions();
+                    let region = choose(w, h);
+                    return file.decode(region).map_err(libjpeg_reason);
+                }
+            }
         }
-    }))
-    .unwrap_or_else(|_| Err("the decoder failed on this file's data".to_string()))
+        let image = decode_whole(bytes)?;
+        let region = choose(image.width(), image.height());
+        Ok((image, region))
+    })
+}
+
+/// Runs a decoder: a decoder bug on hostile bytes must become this file's error, not a dead worker.
+fn guarded<T>(decode: impl FnOnce() -> std::result::Result<T, String>) -> std::result::Result<T, String> {
+    catch_unwind(AssertUnwindSafe(decode)).unwrap_or_else(|_| Err("the decoder failed on this file's data".to_string()))
+}
+
+fn decode_whole(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    if bytes.starts_with(&JPEG_MAGIC) {
+        decode_jpeg(bytes)
+    } else if bytes.starts_with(&PNG_MAGIC) {
+        decode_png(bytes)
+    } else if bytes.is_empty() {
+        Err("the file is empty".to_string())
+    } else {
+        Err("not a JPEG or PNG file (unrecognised first bytes)".to_string())
+    }
 }
 
 fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
-    match jpeg_with(bytes, true) {
-        Ok(img) => Ok(img),
-        Err(e) if is_truncation(&e) => Err("the JPEG data ends early (truncated file)".to_string()),
-        Err(_) => jpeg_with(bytes, false).map_err(|e| format!("{e:?}")),
+    #[cfg(hist_libjpeg)]
+    match JpegFile::open(bytes).and_then(JpegFile::decode_all) {
+        Err(JpegError::Unsupported) => {} // zune-jpeg, below
+        decoded => return decoded.map_err(libjpeg_reason),
     }
+    decode_jpeg_zune(bytes)
+}
+
+#[cfg(hist_libjpeg)]
+fn libjpeg_reason(e: JpegError) -> String {
+    match e {
+        JpegError::Truncated => TRUNCATED.to_string(),
+        JpegError::Unsupported => "a colour space libjpeg cannot convert to RGB".to_string(),
+        JpegError::Invalid(message) => message,
+    }
+}
+
+/// A JPEG by zune-jpeg alone: strictly, then leniently unless the data ran out.
+pub fn decode_jpeg_zune(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    guarded(|| match jpeg_with(bytes, true) {
+        Ok(img) => Ok(img),
+        Err(e) if is_truncation(&e) => Err(TRUNCATED.to_string()),
+        Err(_) => jpeg_with(bytes, false).map_err(|e| format!("{e:?}")),
+    })
 }
 
 fn jpeg_with(bytes: &[u8], strict: bool) -> std::result::Result<RgbImage, DecodeErrors> {

@@ -17,7 +17,6 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use tch::{Device, Kind, Tensor};
 
-use super::decode::decode_file;
 use super::resample::Resampler;
 use super::spec::{ImageOp, PipelineSpec};
 use super::split::FileSet;
@@ -242,10 +241,7 @@ fn work(tasks: &Receiver<Task>, done: &Sender<Finished>, files: &FileSet, spec: 
 
 /// Decodes, resamples and normalises one task's image into its slot of the batch.
 fn prepare(task: &Task, path: &Path, spec: &PipelineSpec, resampler: &mut Resampler) -> Result<()> {
-    let image = decode_file(path)?;
-    let (resized, region, flip) = spec
-        .resample(&image, &task.job.op, resampler)
-        .map_err(|m| HistError::Data { path: path.to_path_buf(), message: format!("cannot resize image: {m}") })?;
+    let (resized, region, flip) = spec.decode_resample(path, &task.job.op, resampler)?;
     let batch = &task.batch;
     // SAFETY: `base` points at the contiguous f32 storage of the batch's images, which
     // `batch` (held by this task) keeps alive; slot `task.slot` of `image_len` floats lies

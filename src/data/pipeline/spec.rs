@@ -1,13 +1,21 @@
 //! What the pipeline does to one image: the training transform (RandomResizedCrop +
 //! optional horizontal flip + normalisation) or the test transform (Resize(shorter side)
 //! + CenterCrop + normalisation), with every size and the input convention from the config.
+use std::path::Path;
+
 use image::RgbImage;
 
+use super::decode::{decode_file, decode_file_region};
 use super::geometry::{center_crop, random_resized_crop, shorter_side_to, CropBox};
 use super::normalize::Normalizer;
 use super::resample::Resampler;
 use crate::config::{Backbone, BadImagePolicy, DataConfig, InputConvention};
 use crate::data::streams::{self, stream_rng};
+use crate::error::{HistError, Result};
+
+/// A transform's geometric result: the resampled image, the region of it that is the
+/// output, and whether to mirror it.
+pub type Resampled = (RgbImage, CropBox, bool);
 
 /// The transform of one image of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +114,7 @@ impl PipelineSpec {
     }
 
     /// Applies `op` to `image`, writing [3, S, S] floats (S = [`Self::output_side`]) to `out`.
-    pub fn apply(&self, image: &RgbImage, op: &ImageOp, resampler: &mut Resampler, out: &mut [f32]) -> Result<(), String> {
+    pub fn apply(&self, image: &RgbImage, op: &ImageOp, resampler: &mut Resampler, out: &mut [f32]) -> std::result::Result<(), String> {
         let (resized, region, flip) = self.resample(image, op, resampler)?;
         self.normalizer.write_chw(&resized, region, flip, out);
         Ok(())
@@ -114,13 +122,12 @@ impl PipelineSpec {
 
     /// The geometric part of `op`: the resampled image, the region of it that is the
     /// output, and whether to mirror it.
-    pub fn resample(&self, image: &RgbImage, op: &ImageOp, resampler: &mut Resampler) -> Result<(RgbImage, CropBox, bool), String> {
+    pub fn resample(&self, image: &RgbImage, op: &ImageOp, resampler: &mut Resampler) -> std::result::Result<Resampled, String> {
         let (w, h) = image.dimensions();
         match *op {
             ImageOp::Train { epoch, step, position, flip } => {
-                let side = self.train_crop;
                 let region = self.train_crop_box(w, h, epoch, step, position);
-                Ok((resampler.crop_resize(image, region, side, side)?, CropBox::full(side, side), flip))
+                self.train_resample(image, region, flip, resampler)
             }
             ImageOp::Test => {
                 let (rw, rh) = shorter_side_to(w, h, self.test_resize);
@@ -128,5 +135,25 @@ impl PipelineSpec {
                 Ok((resized, center_crop(rw, rh, self.test_crop), false))
             }
         }
+    }
+
+    /// [`Self::resample`] of the image in `path`. The train transform picks its crop from
+    /// the header's size and decodes only that region where the decoder can (decode.rs):
+    /// the same pixels as decoding the whole image and cropping, in less time.
+    pub fn decode_resample(&self, path: &Path, op: &ImageOp, resampler: &mut Resampler) -> Result<Resampled> {
+        let resized = match *op {
+            ImageOp::Train { epoch, step, position, flip } => {
+                let (image, region) = decode_file_region(path, |w, h| self.train_crop_box(w, h, epoch, step, position))?;
+                self.train_resample(&image, region, flip, resampler)
+            }
+            ImageOp::Test => self.resample(&decode_file(path)?, op, resampler),
+        };
+        resized.map_err(|m| HistError::Data { path: path.to_path_buf(), message: format!("cannot resize image: {m}") })
+    }
+
+    /// `region` of `image` resized to the training crop.
+    fn train_resample(&self, image: &RgbImage, region: CropBox, flip: bool, resampler: &mut Resampler) -> std::result::Result<Resampled, String> {
+        let side = self.train_crop;
+        Ok((resampler.crop_resize(image, region, side, side)?, CropBox::full(side, side), flip))
     }
 }

@@ -10,7 +10,7 @@ use super::loader::{BatchPlan, ImageJob, Loader, SkippedImage};
 use super::spec::{ImageOp, PipelineSpec};
 use super::split::SplitImages;
 use crate::config::BadImagePolicy;
-use crate::data::sampler::BalancedSampler;
+use crate::data::sampler::Sampler;
 use crate::data::ImageSet;
 use crate::error::{HistError, Result};
 
@@ -63,7 +63,7 @@ pub enum TrainBatches<'a> {
 
 impl<'a> TrainBatches<'a> {
     /// Images of `split` for the steps of `range`, batches drawn by `sampler`.
-    pub fn new(split: &'a SplitImages, spec: &Arc<PipelineSpec>, sampler: &BalancedSampler, range: PlanRange) -> Result<Self> {
+    pub fn new(split: &'a SplitImages, spec: &Arc<PipelineSpec>, sampler: &Sampler, range: PlanRange) -> Result<Self> {
         match split {
             SplitImages::Memory(set) => Ok(TrainBatches::Memory(set)),
             SplitImages::Files(files) => {
@@ -112,7 +112,7 @@ impl<'a> TrainBatches<'a> {
 }
 
 /// Every remaining step's share of this rank, in the order the trainer takes them.
-fn train_plan(sampler: BalancedSampler, range: PlanRange) -> impl Iterator<Item = BatchPlan> {
+fn train_plan(sampler: Sampler, range: PlanRange) -> impl Iterator<Item = BatchPlan> {
     let steps = sampler.steps_per_epoch();
     let (first_epoch, first_step) = range.from;
     (first_epoch..range.epochs)

@@ -1,0 +1,49 @@
+//! What `model.channels_last` and `train.autocast` amount to on the run's device: both
+//! apply on CUDA only; a CPU run keeps contiguous float32 and says so once.
+use tch::Device;
+
+use super::autocast::{Autocast, AutocastDevice, AutocastDtype};
+use crate::config::{AutocastMode, Config, DType};
+
+/// The memory format and autocast a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Precision {
+    /// Backbone weights and input channels-last.
+    pub channels_last: bool,
+    /// The forward pass's autocast region, if any.
+    pub autocast: Option<Autocast>,
+}
+
+impl Precision {
+    /// The switches of `config` on `device`: as configured on CUDA, off on the CPU.
+    pub fn resolve(config: &Config, device: Device) -> Self {
+        if !device.is_cuda() {
+            return Precision::default();
+        }
+        let dtype = match config.train.autocast {
+            AutocastMode::Off => None,
+            AutocastMode::Bf16 => Some(AutocastDtype::Bf16),
+            AutocastMode::Fp16 => Some(AutocastDtype::Fp16),
+        };
+        Precision {
+            channels_last: config.model.channels_last,
+            autocast: dtype.map(|dtype| Autocast { device: AutocastDevice::Cuda, dtype }),
+        }
+    }
+
+    /// True when the step needs fp16's dynamic loss scaling.
+    pub fn loss_scaling(&self) -> bool {
+        self.autocast.is_some_and(|a| a.dtype == AutocastDtype::Fp16)
+    }
+
+    /// The one line a CPU run prints when its config asks for either switch.
+    pub fn cpu_notice(config: &Config, device: Device) -> Option<String> {
+        let asked = config.model.channels_last || config.train.autocast != AutocastMode::Off;
+        let dtype = match config.dtype {
+            DType::F32 => "float32",
+            DType::F64 => "float64",
+        };
+        (asked && !device.is_cuda())
+            .then(|| format!("model.channels_last and train.autocast apply on CUDA only; this CPU run uses contiguous {dtype}"))
+    }
+}

@@ -21,6 +21,9 @@
 #  3. Mixed precision: 60 steps of ResNet-50 (64 px synthetic images, local BN) on cuda:0 in
 #     float32, then channels-last with train.autocast=bf16 and =fp16; each must finish with
 #     every step's loss finite (fp16 also reporting its loss scale); prints img/s of each.
+#  4. Evaluation on the GPU: `hist eval --checkpoint` of run 2's final parameters with
+#     --device cuda:0 (k-NN products on the GPU) must report exactly the CPU's Recall@K,
+#     MAP@R and R-Precision (the ranking is exact on any device).
 # Environment: PYTHON (default python3), NCCL_DEBUG (e.g. INFO, passed through).
 set -euo pipefail
 
@@ -166,6 +169,25 @@ echo "Mixed precision throughput (epoch lines; off = float32, contiguous):"
 for mode in off bf16 fp16; do
     grep -E "img/s" "$WORK/amp-$mode.log" | sed "s/^/$mode: /" || true
 done
+
+echo "== 4. hist eval --checkpoint on cuda:0 vs cpu"
+eval_on() { # device
+    "$HIST_BIN" eval --checkpoint "$WORK/gpu/final.safetensors" --device "$1" --json \
+        --ks 1,2,4,8 --kmeans-restarts 0 --report "$WORK/eval-${1%%:*}.json"
+}
+compare_eval() {
+    "$PYTHON" - "$WORK/eval-cpu.json" "$WORK/eval-cuda.json" <<'PY'
+import json, sys
+cpu, gpu = (json.load(open(p)) for p in sys.argv[1:3])
+print(f"cpu:  {cpu}\ncuda: {gpu}")
+ok = cpu == gpu
+print(("PASS" if ok else "FAIL") + " identical retrieval metrics on cuda:0 and cpu")
+sys.exit(0 if ok else 1)
+PY
+}
+run_step eval-cuda timeout 300 bash -c "$(declare -p HIST_BIN WORK); $(declare -f eval_on); eval_on cuda:0"
+run_step eval-cpu timeout 300 bash -c "$(declare -p HIST_BIN WORK); $(declare -f eval_on); eval_on cpu"
+run_step eval-match compare_eval
 
 echo "== summary"
 if [[ $failures -eq 0 ]]; then

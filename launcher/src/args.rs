@@ -84,8 +84,8 @@ impl Default for Args {
 /// What parsing the command line came to: arguments to act on, or text clap already
 /// printed (help, version) with the status to exit with.
 pub enum Parsed {
-    /// Arguments to act on.
-    Run(Args),
+    /// Arguments to act on (boxed: far larger than the other variants).
+    Run(Box<Args>),
     /// Help or version was printed; exit with this status.
     Done(u8),
     /// A usage mistake, as one line without the `hist-launch: error:` prefix.
@@ -105,7 +105,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     match Args::try_parse_from(argv) {
-        Ok(args) => Parsed::Run(args),
+        Ok(args) => Parsed::Run(Box::new(args)),
         Err(err) => match err.kind() {
             ErrorKind::DisplayHelp
             | ErrorKind::DisplayVersion

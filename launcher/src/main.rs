@@ -31,7 +31,7 @@ const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let args = match args::parse() {
-        Parsed::Run(args) => args,
+        Parsed::Run(args) => *args,
         Parsed::Done(status) => return ExitCode::from(status),
         Parsed::Invalid(msg) => return fail(&msg),
     };

@@ -43,7 +43,7 @@ fn children_with_rank(parent: u32) -> Vec<(u32, Option<String>)> {
 /// True while `pid` exists and is not a zombie.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next() != Some('Z')).unwrap_or(false),
+        Ok(stat) => stat.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')).unwrap_or(false),
         Err(_) => false,
     }
 }

@@ -100,7 +100,7 @@ fn validate_data(c: &Config) -> Check {
         Sampling::Random => 2,
         Sampling::Balanced => {
             at_least("data.ipc", d.ipc, 1)?;
-            if d.batch_size % d.ipc != 0 {
+            if !d.batch_size.is_multiple_of(d.ipc) {
                 return Err(format!(
                     "data.ipc ({}) must divide data.batch_size ({}); e.g. set data.batch_size to {}",
                     d.ipc,
@@ -134,7 +134,7 @@ fn validate_data(c: &Config) -> Check {
             }
         }
         DataSource::Folder => {
-            if d.root.as_deref().map_or(true, str::is_empty) {
+            if d.root.as_deref().is_none_or(str::is_empty) {
                 return Err("data.root is required when data.source is folder".to_string());
             }
             let f = d.folder.train_fraction;

@@ -200,7 +200,7 @@ impl<'a> Checkpointing<'a> {
     /// True when `checkpoint.every_steps` asks for one after `global_step`.
     pub fn due(&self, global_step: usize) -> bool {
         let every = self.config.checkpoint.every_steps;
-        every > 0 && global_step % every == 0
+        every > 0 && global_step.is_multiple_of(every)
     }
 
     /// Writes the checkpoint of `point` (rank 0) and waits for every rank.

@@ -6,7 +6,7 @@
 //! config is the one the model was trained with: the checkpoint's own copy, or the run
 //! directory's `config.yaml` beside a parameter file; `--set` overrides either (e.g.
 //! `data.root` when the data moved).
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,6 +21,7 @@ use crate::dist::process_group::ProcessGroup;
 use crate::error::{HistError, Result};
 use crate::eval::evaluate;
 use crate::eval::test_split::{embed_test_split, EmbeddedTest};
+use crate::model::pretrained::compare_names;
 use crate::model::EmbeddingModel;
 use crate::tools::eval_embeddings::{options, print_report, EvalArgs};
 use crate::train::trainer::{load_data, resolve_device};
@@ -107,28 +108,31 @@ fn resolve_config(args: &CheckpointEvalArgs, weights: &TrainedWeights) -> Result
 /// Copies the trained weights into the model's variables: every variable must be there
 /// with its shape; the loss's variables are ignored; anything else is a different model.
 fn load_model_weights(vs: &VarStore, weights: &TrainedWeights, source: &Path) -> Result<()> {
-    let saved: HashMap<&str, &Tensor> = weights.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mismatch = |what: String| HistError::Io {
-        path: source.to_path_buf(),
-        message: format!("{what}; was it trained with another model.backbone or model.embedding_dim? evaluate with the config it was trained with (omit CONFIG and model.* overrides)"),
-    };
     let vars = vs.variables();
-    if let Some((name, _)) = saved.iter().find(|(n, _)| !n.starts_with(LOSS_PREFIX) && !vars.contains_key(**n)) {
-        return Err(mismatch(format!("holds {name}, which the configured model does not have")));
-    }
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    let missing: Vec<&&String> = names.iter().filter(|n| !saved.contains_key(n.as_str())).collect();
-    if let Some(first) = missing.first() {
-        return Err(mismatch(format!("lacks {} variable(s) of the configured model, e.g. {first}", missing.len())));
+    let model_shapes: BTreeMap<String, Vec<i64>> = vars.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+    let file_shapes: BTreeMap<String, Vec<i64>> =
+        weights.tensors.iter().filter(|(n, _)| !n.starts_with(LOSS_PREFIX)).map(|(n, t)| (n.clone(), t.size())).collect();
+    let mismatch = compare_names(&model_shapes, &file_shapes);
+    let problem = if let Some(name) = mismatch.unexpected.first() {
+        Some(format!("holds {name}, which the configured model does not have"))
+    } else if let Some(first) = mismatch.missing.first() {
+        Some(format!("lacks {} variable(s) of the configured model, e.g. {first}", mismatch.missing.len()))
+    } else {
+        mismatch.shapes.first().map(|(name, file, model)| format!("{name} has shape {file:?}, the configured model needs {model:?}"))
+    };
+    if let Some(what) = problem {
+        return Err(HistError::Io {
+            path: source.to_path_buf(),
+            message: format!(
+                "{what}; was it trained with another model.backbone or model.embedding_dim? evaluate with the config it was trained with (omit CONFIG and model.* overrides)"
+            ),
+        });
     }
     let _guard = tch::no_grad_guard();
-    for name in names {
-        let (var, src) = (&vars[name], saved[name.as_str()]);
-        if var.size() != src.size() {
-            return Err(mismatch(format!("{name} has shape {:?}, the configured model needs {:?}", src.size(), var.size())));
+    for (name, saved) in &weights.tensors {
+        if let Some(var) = vars.get(name) {
+            var.shallow_clone().copy_(&saved.to_kind(var.kind()).to_device(var.device()));
         }
-        var.shallow_clone().copy_(&src.to_kind(var.kind()).to_device(var.device()));
     }
     Ok(())
 }

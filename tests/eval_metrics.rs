@@ -189,15 +189,23 @@ fn neighbour_lists_match_the_float64_reference() {
                 let options = KnnOptions { chunk, precision };
                 let got = knn(&queries, &gallery, own, k, &options).expect("knn");
                 assert_eq!(int_rows(&got.indices), want, "{name}: {options:?}");
-                // The metrics' search: ranks of the same-label entries in the same order.
-                let label = |rows: &[i64], i: usize| input.labels[rows[i] as usize];
-                let same = |q: usize, p: usize| label(&split.query_rows, q) == label(&split.gallery_rows, p);
-                for_each_target_ranks(&queries, &gallery, own, k, &options, same, |q, ranks| {
-                    let expected: Vec<usize> = (0..k).filter(|&r| want[q][r] >= 0 && same(q, want[q][r] as usize)).collect();
-                    assert_eq!(ranks, expected.as_slice(), "{name}: query {q}, {options:?}");
-                    Ok(())
-                })
-                .expect("target ranks");
+                // The metrics' search: ranks of the same-label entries in the same order,
+                // over the full grid and, where the queries are the gallery, over the
+                // symmetric half (the same tensor twice).
+                let labels_of = |rows: &[i64]| -> Vec<i64> { rows.iter().map(|&r| input.labels[r as usize]).collect() };
+                let (query_labels, gallery_labels) = (labels_of(&split.query_rows), labels_of(&split.gallery_rows));
+                let mut galleries = vec![("grid", &gallery)];
+                if split.query_rows == split.gallery_rows {
+                    galleries.push(("symmetric", &queries));
+                }
+                for (how, g) in galleries {
+                    for_each_target_ranks(&queries, g, own, &query_labels, &gallery_labels, k, &options, |q, ranks| {
+                        let expected: Vec<usize> = (0..k).filter(|&r| want[q][r] >= 0 && gallery_labels[want[q][r] as usize] == query_labels[q]).collect();
+                        assert_eq!(ranks, expected.as_slice(), "{name} ({how}): query {q}, {options:?}");
+                        Ok(())
+                    })
+                    .expect("target ranks");
+                }
             }
         }
         if NEAR_TIE_CASES.contains(&name) {

@@ -8,31 +8,35 @@
 //! which bit-identical rows always are) by gallery position, smallest first — also at
 //! the K boundary, where the smallest positions of a tie group are the ones kept.
 //!
-//! Speed: the bulk products run as one matrix product per chunk on the tensors' device,
-//! in float32 by default ([`Precision`]). Their error is bounded rigorously ([`bound`]:
-//! δ ≈ D·2⁻²⁴ for float32), and that bound decides which entries can still be among
-//! the k nearest ([`select`]) and which pairs are near-ties whose order only the exact
-//! similarity settles ([`order`]); those are re-scored on the host. The result is
-//! identical to ranking every pair by the exact similarity (docs/evaluation.md,
-//! "Precision"). [`for_each_chunk`] re-scores every neighbour it returns;
-//! [`for_each_target_ranks`], all the retrieval metrics need, only the near-ties of the
-//! chosen entries (about five per query at SOP scale).
+//! Speed: the bulk products run as matrix products on the tensors' device, in float32 by
+//! default ([`Precision`]). Their error is bounded rigorously ([`bound`]: δ ≈ D·2⁻²⁴ for
+//! float32), and that bound decides which entries can still matter and which pairs are
+//! near-ties whose order only the exact similarity settles; those are re-scored on the
+//! host. The result is identical to ranking every pair by the exact similarity
+//! (docs/evaluation.md, "Precision").
 //!
-//! Memory: never the full query × gallery matrix. Queries go a chunk at a time, split
-//! over libtorch's thread count; each worker computes its queries' products a tile of
-//! 2,048 gallery entries at a time into one reused buffer and keeps per query only its
-//! candidates (≈ 1.5·k). So memory per chunk is about chunk × (2,048 × 4 bytes + 24·k
-//! bytes), besides the gallery itself.
+//! Two searches. [`for_each_chunk`] lists neighbours: queries a chunk at a time, each
+//! query's candidates (≈ 1.5·k, [`select`]) re-scored and ordered ([`order`]).
+//! [`for_each_target_ranks`], all the retrieval metrics need, counts instead ([`ranks`]):
+//! per query only counters for its same-label entries, and when the queries are the
+//! gallery only the blocks on and above the diagonal of the symmetric similarity matrix
+//! are computed — half the products.
+//!
+//! Memory: never the full query × gallery matrix; see each search for its working set.
 mod bound;
 mod exact;
 mod order;
+mod ranks;
 mod scan;
 mod search;
 mod select;
+mod slots;
+mod tally;
 
 use tch::{Kind, Tensor};
 
 use crate::error::{HistError, Result};
+pub use ranks::DEFAULT_BLOCK;
 use search::Search;
 
 /// Default queries per chunk × gallery size: 2^26 (1,109 queries at SOP's 60,502).
@@ -74,10 +78,11 @@ impl Precision {
 /// How the search runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct KnnOptions {
-    /// Queries per chunk; `None` picks ⌊[`DEFAULT_CHUNK_ELEMENTS`] / G⌋ (at least 1).
-    /// Memory grows with it: per query one row of 2,048 products (float32, or float64
-    /// with [`Precision::F64`]; on a GPU also on the host) and its candidates, ≈ 24·k
-    /// bytes for k neighbours.
+    /// Queries per chunk of [`for_each_chunk`] (`None`: ⌊[`DEFAULT_CHUNK_ELEMENTS`] / G⌋,
+    /// at least 1; memory per query: one row of 2,048 products and ≈ 24·k bytes of
+    /// candidates), and rows = columns per block of [`for_each_target_ranks`] (`None`:
+    /// [`DEFAULT_BLOCK`]; memory: one block of products per worker). Products are
+    /// float32, or float64 with [`Precision::F64`]; on a GPU also copied to the host.
     pub chunk: Option<usize>,
     /// Float kind of the products.
     pub precision: Precision,
@@ -197,26 +202,21 @@ pub fn knn(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, k
     Ok(Neighbours { start: 0, indices: Tensor::cat(&idx, 0), similarities: Tensor::cat(&sim, 0) })
 }
 
-/// For every query in order, the ranks (0-based, ascending) that the gallery entries
-/// `is_target(query, position)` selects hold in its exact neighbour order, for those
-/// ranked below `k` (clamped as in [`for_each_chunk`]): `visit(query, ranks)`.
+/// For every query in order, the ranks (0-based, ascending) that its same-label gallery
+/// entries (`gallery_labels[p] == query_labels[q]`, never its own entry) hold in its exact
+/// neighbour order, for those ranked below `k` (clamped to the gallery size):
+/// `visit(query, ranks)` — all the retrieval metrics need.
 ///
-/// The same order as [`for_each_chunk`], but only the targets' near-ties are re-scored,
-/// so asking for a few targets (a query's same-label entries) among many neighbours
-/// costs little beyond the products.
-pub fn for_each_target_ranks<T, V>(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, k: usize, options: &KnnOptions, is_target: T, mut visit: V) -> Result<()>
+/// The same order as [`for_each_chunk`], found by counting rather than listing
+/// neighbours ([`ranks`]); when `queries` and `gallery` are the same tensor with
+/// `self_positions` 0..N and equal labels, only half the products are computed.
+#[allow(clippy::too_many_arguments)]
+pub fn for_each_target_ranks<V>(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, query_labels: &[i64], gallery_labels: &[i64], k: usize, options: &KnnOptions, mut visit: V) -> Result<()>
 where
-    T: Fn(usize, usize) -> bool + Sync,
     V: FnMut(usize, &[usize]) -> Result<()>,
 {
-    let Some(search) = Search::new(queries, gallery, self_positions, k, options)? else { return Ok(()) };
-    search.run(
-        |mut job| {
-            let query = job.query;
-            order::target_ranks(job.query_row, job.gallery, &mut job.candidates, job.k, job.delta, |pos| is_target(query, pos as usize))
-        },
-        |start, rows: Vec<Vec<usize>>| rows.iter().enumerate().try_for_each(|(r, ranks)| visit(start + r, ranks)),
-    )
+    let (ranks, _) = ranks::target_ranks(queries, gallery, self_positions, query_labels, gallery_labels, k, options)?;
+    ranks.iter().enumerate().try_for_each(|(q, r)| visit(q, r))
 }
 
 #[cfg(test)]
@@ -303,24 +303,29 @@ mod tests {
         // Six distinct rows among 50: ties everywhere, inside and across the K boundary.
         let base = Tensor::randn([6, 8], (Kind::Float, Device::Cpu));
         let x = base.index_select(0, &Tensor::randint(6, [50], (Kind::Int64, Device::Cpu)));
+        let separate = x.copy();
         let own: Vec<i64> = (0..50).collect();
-        // A fifth of the entries (each located by a scan) or two thirds (more than 16
-        // targets per query: located by binary search).
-        let few = |q: usize, p: usize| (q * 7 + p * 3).is_multiple_of(5);
-        let many = |q: usize, p: usize| !(q + p).is_multiple_of(3);
-        let targets: [&(dyn Fn(usize, usize) -> bool + Sync); 2] = [&few, &many];
-        for target in targets {
+        // Ten labels (about five targets each) or two (about 25).
+        let few: Vec<i64> = (0..50).map(|i| (i * 7 % 10) as i64).collect();
+        let many: Vec<i64> = (0..50).map(|i| (i % 3 == 0) as i64).collect();
+        for labels in [&few, &many] {
             for k in [3, 17, 50] {
                 let full = rows(&knn(&x, &x, Some(&own), k, &KnnOptions::default()).expect("knn").indices);
-                let mut seen = 0;
-                for_each_target_ranks(&x, &x, Some(&own), k, &KnnOptions::default(), target, |q, ranks| {
-                    let want: Vec<usize> = (0..full[q].len()).filter(|&r| full[q][r] >= 0 && target(q, full[q][r] as usize)).collect();
-                    assert_eq!(ranks, want.as_slice(), "query {q}, k {k}");
-                    seen += 1;
-                    Ok(())
-                })
-                .expect("ranks");
-                assert_eq!(seen, 50);
+                // The same tensor twice (symmetric blocks) and a copy (the full grid);
+                // blocks of 1, 7 and the default; both precisions.
+                for gallery in [&x, &separate] {
+                    for opts in both().into_iter().flat_map(|o| [None, Some(1), Some(7)].map(move |chunk| KnnOptions { chunk, ..o })) {
+                        let mut seen = 0;
+                        for_each_target_ranks(&x, gallery, Some(&own), labels, labels, k, &opts, |q, ranks| {
+                            let want: Vec<usize> = (0..full[q].len()).filter(|&r| full[q][r] >= 0 && labels[full[q][r] as usize] == labels[q]).collect();
+                            assert_eq!(ranks, want.as_slice(), "query {q}, k {k}, {opts:?}");
+                            seen += 1;
+                            Ok(())
+                        })
+                        .expect("ranks");
+                        assert_eq!(seen, 50);
+                    }
+                }
             }
         }
     }

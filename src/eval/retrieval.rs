@@ -6,7 +6,6 @@ use crate::error::{HistError, Result};
 use crate::eval::knn::{for_each_target_ranks, KnnOptions};
 use crate::eval::metrics::{MetricsAccumulator, RetrievalMetrics};
 use crate::eval::protocol::Split;
-use crate::progress::Progress;
 
 /// Recall@K for each K of `ks`, MAP@R and R-Precision of `embeddings` [N, D] (any float
 /// kind, any device; the products run there) with `labels` (one per row), under `split`.
@@ -36,12 +35,8 @@ pub fn retrieval_metrics(embeddings: &Tensor, labels: &[i64], split: &Split, ks:
     if depth == 0 {
         return Err(HistError::input("ks", "is empty; give at least one K such as --ks 1"));
     }
-    // The query's own entry is excluded by the search, so a same-label target is never it.
-    let same_label = |query: usize, position: usize| gallery_labels[position] == query_labels[query];
-    let bar = Progress::new("k-NN search", query_labels.len() as u64, "queries", true);
-    for_each_target_ranks(&queries, &gallery, Some(&split.self_positions), depth, knn, same_label, |query, ranks| {
+    for_each_target_ranks(&queries, &gallery, Some(&split.self_positions), &query_labels, &gallery_labels, depth, knn, |query, ranks| {
         acc.add_ranks(ranks, r_counts[query]);
-        bar.inc(1);
         Ok(())
     })?;
     acc.finish()

@@ -25,7 +25,7 @@ pub struct EvalArgs {
     pub ks: Vec<usize>,
     /// Print one JSON object instead of a table.
     pub json: bool,
-    /// Queries per k-NN chunk (default: about 2^26 similarities per chunk).
+    /// Rows and columns per block of similarities in the k-NN search (default 1,024; each worker holds one block).
     pub chunk: Option<usize>,
     /// Float kind of the k-NN products, `f32` or `f64` (the ranking is exact either way).
     pub precision: String,
@@ -108,7 +108,7 @@ pub fn options(args: &EvalArgs) -> Result<EvalOptions> {
         return Err(HistError::input("--ks", format!("needs K >= 1, e.g. --ks 1,2,4,8 (got {:?})", args.ks)));
     }
     if args.chunk == Some(0) {
-        return Err(HistError::input("--chunk", "must be >= 1 query per chunk"));
+        return Err(HistError::input("--chunk", "must be >= 1 row per block"));
     }
     let precision = Precision::parse(&args.precision)
         .ok_or_else(|| HistError::input("--precision", format!("must be f32 or f64, got {:?}", args.precision)))?;

@@ -19,8 +19,6 @@ const PARALLEL_MIN: usize = 1 << 20;
 
 /// One query's work: its exact row and its candidates.
 pub(super) struct RowJob<'a> {
-    /// Position of the query among all queries.
-    pub(super) query: usize,
     /// The query's normalised float64 row.
     pub(super) query_row: &'a [f64],
     /// A superset of its `k` nearest (see [`select`]).
@@ -29,8 +27,6 @@ pub(super) struct RowJob<'a> {
     pub(super) k: usize,
     /// The normalised float64 gallery rows.
     pub(super) gallery: &'a Rows,
-    /// The bound on |product − exact similarity|.
-    pub(super) delta: f64,
 }
 
 /// What the per-row work of every thread reads.
@@ -146,7 +142,7 @@ impl<'a> Search<'a> {
 }
 
 /// Puts libtorch's thread count back when dropped.
-struct ThreadCount(i32);
+pub(super) struct ThreadCount(pub(super) i32);
 
 impl Drop for ThreadCount {
     fn drop(&mut self) {
@@ -192,8 +188,8 @@ fn part<R, F: Fn(RowJob<'_>) -> R>(shared: &Shared<'_>, kind: Kind, queries: &Te
         .into_iter()
         .enumerate()
         .map(|(r, candidates)| {
-            let (query, _, k) = jobs[r];
-            per_row(RowJob { query, query_row: query_rows.row(r), candidates, k, gallery: &shared.gallery, delta: shared.delta })
+            let (_, _, k) = jobs[r];
+            per_row(RowJob { query_row: query_rows.row(r), candidates, k, gallery: &shared.gallery })
         })
         .collect())
 }
@@ -240,7 +236,7 @@ fn full_rows<E: Element>(values: &[E], shared: &Shared<'_>, missing: &[i64], job
 }
 
 /// The elements of a contiguous host tensor of `E`'s kind, borrowed.
-fn host_elements<E: Element>(t: &Tensor) -> Result<&[E]> {
+pub(super) fn host_elements<E: Element>(t: &Tensor) -> Result<&[E]> {
     if t.device() != Device::Cpu || t.kind() != E::KIND || !t.is_contiguous() {
         return Err(HistError::input("similarities", format!("internal: expected contiguous host {:?}, got {:?} on {:?}", E::KIND, t.kind(), t.device())));
     }

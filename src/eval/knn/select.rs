@@ -36,7 +36,7 @@ fn descending(a: &f64, b: &f64) -> Ordering {
 }
 
 /// The `rank`-th largest (1-based) of `values`, which it reorders.
-fn largest(values: &mut [f64], rank: usize) -> f64 {
+pub(super) fn largest(values: &mut [f64], rank: usize) -> f64 {
     *values.select_nth_unstable_by(rank - 1, descending).1
 }
 
@@ -80,6 +80,12 @@ impl ColumnOrder {
             start += TILE_COLUMNS;
         }
         tiles
+    }
+
+    /// The sampled gallery positions and the rank in the sample of the threshold for a
+    /// row needing `k` neighbours; `None` when the gallery is too small to sample.
+    pub(super) fn sample(&self, k: usize) -> Option<(&[u32], usize)> {
+        (self.stride > 1).then(|| (&self.positions[..self.sample], self.rank(k)))
     }
 
     /// Rank in the sample of the threshold for a row needing `k` neighbours.

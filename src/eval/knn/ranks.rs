@@ -1,0 +1,449 @@
+//! The ranks of each query's same-label gallery entries in its exact neighbour order —
+//! all the retrieval metrics need — counted over blocks of the similarity matrix.
+//!
+//! When the queries are the gallery (every protocol but In-Shop's), the similarity
+//! matrix is symmetric: the block of rows I and columns J holds the transpose of block
+//! (J, I). So only blocks with I ≤ J are computed — half the products of a full
+//! search — and each is scanned twice: along its rows for the queries of I (each row
+//! against its query's cut) and along its columns for the queries of J (each column
+//! against its own cut, in the same vectorised pass). Other query sets go over the full
+//! grid of query blocks × gallery blocks, rows only.
+//!
+//! Counting (see [`super::tally`]) needs no candidate lists: per query a few counters
+//! per target. What keeps the scan short is each query's cut, which starts at a floor
+//! read off a sample of its row (its products with a spread-out sample of the gallery,
+//! computed first: about 3% of the products at SOP size): at least k entries are presumed
+//! to lie above it, a presumption the counts then confirm (see [`super::slots`]); a query
+//! where they do not (about 1%) is searched again in full without a floor.
+//!
+//! Memory: per worker one block of products (block² × 4 bytes in float32) and counters
+//! for every query (≈ 8 bytes per kept target); queries are taken in groups (then over
+//! the full grid) when their targets would need more than [`MAX_SLOTS`] counters.
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use tch::{Device, Kind, Tensor};
+
+use super::exact::Rows;
+use super::scan::Element;
+use super::search::{host_elements, ThreadCount};
+use super::select::{largest, ColumnOrder};
+use super::slots::{Slots, TargetLists};
+use super::tally::{merge, Outcome, Tally};
+use super::{bound, check_inputs, KnnOptions, Precision};
+use crate::error::{HistError, Result};
+use crate::progress::Progress;
+
+/// Rows (and columns) per block of products unless [`KnnOptions::chunk`] says otherwise:
+/// a 4 MiB float32 block stays in cache from the product through both scans.
+pub const DEFAULT_BLOCK: usize = 1024;
+
+/// Counters (per kept target and worker) above which queries are taken in groups.
+const MAX_SLOTS: usize = 1 << 24;
+
+/// Products per search below which one thread does the work.
+const PARALLEL_MIN: usize = 1 << 20;
+
+/// One block of products: rows (indices into the group's query list) × gallery columns;
+/// `mirrored` blocks are also scanned along their columns for the queries those
+/// columns are (symmetric search, off the diagonal).
+#[derive(Clone, Debug)]
+struct Block {
+    rows: Range<usize>,
+    columns: Range<usize>,
+    mirrored: bool,
+}
+
+/// The products' input rows (in the product kind, on the device): a tensor handle may
+/// not be shared between threads, so each [`Worker`] takes its own [`Inputs::share`].
+struct Inputs {
+    /// [N, D] the queries.
+    query: Tensor,
+    /// [G, D] the gallery (the sample of it, while floors are read).
+    gallery: Tensor,
+}
+
+impl Inputs {
+    /// New handles to the same tensors.
+    fn share(&self) -> Inputs {
+        Inputs { query: self.query.shallow_clone(), gallery: self.gallery.shallow_clone() }
+    }
+}
+
+/// What every worker reads.
+struct Context<'a> {
+    inputs: Mutex<Inputs>,
+    device: Device,
+    query_rows: &'a Rows,
+    gallery_rows: &'a Rows,
+    own: &'a [Option<u32>],
+    query_labels: &'a [i64],
+    targets: &'a TargetLists,
+    kind: Kind,
+    delta: f64,
+    k: usize,
+    block: usize,
+    workers: usize,
+}
+
+/// For every query, the ranks (0-based, ascending) of its same-label gallery entries
+/// (never its own entry) among its exact neighbours, for those ranked below `k`.
+#[allow(clippy::too_many_arguments)]
+/// Also returns how many queries had to be searched again without a floor.
+pub(super) fn target_ranks(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, query_labels: &[i64], gallery_labels: &[i64], k: usize, options: &KnnOptions) -> Result<(Vec<Vec<usize>>, usize)> {
+    check_inputs(queries, gallery, self_positions)?;
+    let (n, g, d) = (queries.size()[0] as usize, gallery.size()[0] as usize, gallery.size()[1] as usize);
+    if query_labels.len() != n || gallery_labels.len() != g {
+        return Err(HistError::input("labels", format!("{} query and {} gallery labels for {n} queries and {g} gallery rows", query_labels.len(), gallery_labels.len())));
+    }
+    let k = k.min(g);
+    if k == 0 || n == 0 {
+        return Ok((vec![Vec::new(); n], 0));
+    }
+    let delta = bound::similarity_error(d, options.precision == Precision::F32)
+        .ok_or_else(|| HistError::input("embeddings", format!("width {d} is too large for float32 products to bound their error; use --precision f64")))?;
+    let _guard = tch::no_grad_guard();
+    let kind = options.precision.kind();
+    let own: Vec<Option<u32>> = match self_positions {
+        Some(p) => p.iter().map(|&p| u32::try_from(p).ok()).collect(),
+        None => vec![None; n],
+    };
+    let symmetric = same_rows(queries, gallery) && query_labels == gallery_labels && own.iter().enumerate().all(|(i, &p)| p == Some(i as u32));
+    let query_rows = Rows::normalized(queries)?;
+    let gallery_owned = if symmetric { None } else { Some(Rows::normalized(gallery)?) };
+    let gallery_rows = gallery_owned.as_ref().unwrap_or(&query_rows);
+    let device = queries.device();
+    let query_input = query_rows.to_tensor(None, kind, device);
+    let gallery_input = if symmetric { query_input.shallow_clone() } else { gallery_rows.to_tensor(None, kind, device) };
+    let targets = TargetLists::new(gallery_labels);
+    let workers = if n * g < PARALLEL_MIN { 1 } else { tch::get_num_threads().max(1) as usize };
+    let block = options.chunk.unwrap_or(DEFAULT_BLOCK).max(1);
+    let inputs = Mutex::new(Inputs { query: query_input, gallery: gallery_input });
+    let ctx = Context { inputs, device, query_rows: &query_rows, gallery_rows, own: &own, query_labels, targets: &targets, kind, delta, k, block, workers };
+    // Workers set libtorch's thread count to 1, which also sets MKL's global count.
+    let _restore = ThreadCount(tch::get_num_threads());
+
+    // Each query keeps at most k targets, and a sentinel.
+    let groups = groups(n, MAX_SLOTS / workers, |q| targets.count(query_labels[q]).min(k) + 1);
+    // Groups each go over the full grid: the other half of a block may hold another group.
+    let mirrored = symmetric && groups.len() == 1;
+    // Blocks of sample products, then of products.
+    let total: u64 = groups.iter().map(|q| (q.len().div_ceil(block) + plan(q.len(), g, block, mirrored).len()) as u64).sum();
+    let bar = Progress::new("k-NN search", total, "blocks", true);
+    let mut ranks = vec![Vec::new(); n];
+    let mut recheck = Vec::new();
+    for group in &groups {
+        let floors = sample_floors(&ctx, group, &bar)?;
+        search_group(&ctx, group.clone(), Some(&floors), mirrored, &bar, &mut ranks, &mut recheck)?;
+    }
+    let rechecked = recheck.len();
+    if rechecked > 0 {
+        let mut again = Vec::new();
+        search_group(&ctx, std::mem::take(&mut recheck), None, false, &bar, &mut ranks, &mut again)?;
+        if !again.is_empty() {
+            return Err(HistError::input("k-NN search", "internal: a query without a floor asked to be searched again"));
+        }
+    }
+    Ok((ranks, rechecked))
+}
+
+/// Whether two tensors are views of the same rows (the same source split).
+fn same_rows(a: &Tensor, b: &Tensor) -> bool {
+    a.data_ptr() == b.data_ptr() && a.size() == b.size() && a.stride() == b.stride() && a.kind() == b.kind() && a.device() == b.device()
+}
+
+/// The query groups: all at once when their counters (`need(q)` for query q) fit
+/// `budget`, else consecutive runs that do (at least one query each).
+fn groups(n: usize, budget: usize, need: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
+    let (mut groups, mut current, mut used) = (Vec::new(), Vec::new(), 0usize);
+    for q in 0..n {
+        let need = need(q);
+        if !current.is_empty() && used + need > budget {
+            groups.push(std::mem::take(&mut current));
+            used = 0;
+        }
+        current.push(q);
+        used += need;
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
+/// The blocks of a search of `queries` rows against `gallery` columns: the upper
+/// triangle when `mirrored` (queries = gallery), else the full grid.
+fn plan(queries: usize, gallery: usize, block: usize, mirrored: bool) -> Vec<Block> {
+    let cut = |n: usize| -> Vec<Range<usize>> { (0..n).step_by(block).map(|s| s..(s + block).min(n)).collect() };
+    let (rows, columns) = (cut(queries), cut(gallery));
+    let mut blocks = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        for (j, c) in columns.iter().enumerate() {
+            if mirrored && j < i {
+                continue;
+            }
+            blocks.push(Block { rows: r.clone(), columns: c.clone(), mirrored: mirrored && j > i });
+        }
+    }
+    blocks
+}
+
+/// The rows of `input` at `positions`: a view when they are consecutive.
+fn rows_at(input: &Tensor, positions: &[usize]) -> Tensor {
+    let first = positions[0];
+    if positions.iter().enumerate().all(|(i, &q)| q == first + i) {
+        return input.narrow(0, first as i64, positions.len() as i64);
+    }
+    let index: Vec<i64> = positions.iter().map(|&q| q as i64).collect();
+    input.index_select(0, &Tensor::from_slice(&index).to_device(input.device()))
+}
+
+/// Runs `work(state, task)` for tasks 0..tasks on `workers` threads (each with its own
+/// `init()` state and libtorch single-threaded), returning the states.
+fn in_workers<S: Send, I, W>(workers: usize, tasks: usize, init: I, work: W) -> Result<Vec<S>>
+where
+    I: Fn() -> Result<S> + Sync,
+    W: Fn(&mut S, usize) -> Result<()> + Sync,
+{
+    let next = AtomicUsize::new(0);
+    let run = |state: &mut S| -> Result<()> {
+        loop {
+            let task = next.fetch_add(1, Ordering::Relaxed);
+            if task >= tasks {
+                return Ok(());
+            }
+            work(state, task)?;
+        }
+    };
+    if workers <= 1 {
+        let mut state = init()?;
+        run(&mut state)?;
+        return Ok(vec![state]);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> Result<S> {
+                    // Each worker runs its products single-threaded: libtorch's OpenMP
+                    // threads would spin-wait after every product on the cores the scans need.
+                    tch::set_num_threads(1);
+                    let _guard = tch::no_grad_guard();
+                    let mut state = init()?;
+                    run(&mut state)?;
+                    Ok(state)
+                })
+            })
+            .collect();
+        // A panic in a worker is a bug here, not bad input: pass it on.
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
+
+/// One worker's handles to the inputs and its reusable block of products (on the
+/// device, and on the host for a GPU).
+struct Worker {
+    inputs: Inputs,
+    buffer: Tensor,
+    host: Option<Tensor>,
+}
+
+impl Worker {
+    /// A worker whose blocks hold up to `elements` products.
+    fn new(ctx: &Context<'_>, elements: usize) -> Result<Worker> {
+        let inputs = ctx.inputs.lock().map_err(|_| HistError::input("k-NN search", "internal: a worker failed while holding the inputs"))?.share();
+        let buffer = Tensor::f_empty([elements as i64], (ctx.kind, ctx.device))?;
+        let host = (ctx.device != Device::Cpu).then(|| Tensor::empty([elements as i64], (ctx.kind, Device::Cpu)));
+        Ok(Worker { inputs, buffer, host })
+    }
+
+    /// The products of the query rows at `queries` with `columns`ᵀ [w, D]: a contiguous
+    /// host tensor [rows, w] in the block buffer.
+    fn products(&self, queries: &[usize], columns: &Tensor) -> Result<Tensor> {
+        let rows = rows_at(&self.inputs.query, queries);
+        let (m, w) = (queries.len() as i64, columns.size()[0]);
+        let out = self.buffer.narrow(0, 0, m * w).view([m, w]);
+        // Written into `out`; the returned handle is the same tensor.
+        let _ = rows.f_mm_out(&out, &columns.tr())?;
+        Ok(match &self.host {
+            None => out,
+            Some(h) => {
+                let mut on_host = h.narrow(0, 0, m * w).view([m, w]);
+                on_host.f_copy_(&out)?;
+                on_host
+            }
+        })
+    }
+}
+
+/// Each query's floor: its sample threshold t_s (the products with the sample, rank
+/// from [`ColumnOrder`]) minus δ, so that the entries with products ≥ t_s — about
+/// 1.5·k — lie at or above it; −∞ when the gallery is too small to sample.
+fn sample_floors(ctx: &Context<'_>, queries: &[usize], bar: &Progress) -> Result<Vec<f64>> {
+    let order = ColumnOrder::new(ctx.gallery_rows.len(), ctx.k);
+    let blocks = queries.len().div_ceil(ctx.block);
+    let Some((sample, rank)) = order.sample(ctx.k) else {
+        bar.inc(blocks as u64);
+        return Ok(vec![f64::NEG_INFINITY; queries.len()]);
+    };
+    let s = sample.len();
+    let states = in_workers(
+        ctx.workers,
+        blocks,
+        || -> Result<(Worker, Vec<(usize, f64)>)> {
+            let mut worker = Worker::new(ctx, ctx.block.min(queries.len()) * s)?;
+            let positions: Vec<usize> = sample.iter().map(|&p| p as usize).collect();
+            worker.inputs.gallery = rows_at(&worker.inputs.gallery, &positions);
+            Ok((worker, Vec::new()))
+        },
+        |(worker, floors), b| {
+            let range = b * ctx.block..((b + 1) * ctx.block).min(queries.len());
+            let p = worker.products(&queries[range.clone()], &worker.inputs.gallery)?;
+            let mut scratch = Vec::with_capacity(s);
+            match ctx.kind {
+                Kind::Float => row_floors::<f32>(ctx, queries, range, &p, sample, rank, &mut scratch, floors)?,
+                _ => row_floors::<f64>(ctx, queries, range, &p, sample, rank, &mut scratch, floors)?,
+            }
+            bar.inc(1);
+            Ok(())
+        },
+    )?;
+    let mut floors = vec![f64::NEG_INFINITY; queries.len()];
+    for (i, f) in states.into_iter().flat_map(|s| s.1) {
+        floors[i] = f;
+    }
+    Ok(floors)
+}
+
+/// The floors of the queries `queries[range]` from their sample products `p`.
+#[allow(clippy::too_many_arguments)]
+fn row_floors<E: Element>(ctx: &Context<'_>, queries: &[usize], range: Range<usize>, p: &Tensor, sample: &[u32], rank: usize, scratch: &mut Vec<f64>, out: &mut Vec<(usize, f64)>) -> Result<()> {
+    let values = host_elements::<E>(p)?;
+    let s = sample.len();
+    for (r, i) in range.enumerate() {
+        let own = ctx.own[queries[i]];
+        scratch.clear();
+        scratch.extend(values[r * s..(r + 1) * s].iter().zip(sample).filter(|(_, &pos)| Some(pos) != own).map(|(v, _)| v.value()));
+        if scratch.len() >= rank {
+            out.push((i, largest(scratch, rank) - ctx.delta));
+        }
+    }
+    Ok(())
+}
+
+/// Counts the ranks of `queries` (with `floors`, or none) over their blocks, writing
+/// each settled query's ranks and listing the ones to search again.
+#[allow(clippy::too_many_arguments)]
+fn search_group(ctx: &Context<'_>, queries: Vec<usize>, floors: Option<&[f64]>, mirrored: bool, bar: &Progress, ranks: &mut [Vec<usize>], recheck: &mut Vec<usize>) -> Result<()> {
+    let slots = Slots::new(queries, ctx.query_labels, ctx.own, ctx.targets, ctx.query_rows, ctx.gallery_rows, ctx.k, floors);
+    let blocks = plan(slots.len(), ctx.gallery_rows.len(), ctx.block, mirrored);
+    match ctx.kind {
+        Kind::Float => count::<f32>(ctx, &slots, &blocks, bar, ranks, recheck),
+        _ => count::<f64>(ctx, &slots, &blocks, bar, ranks, recheck),
+    }
+}
+
+/// [`search_group`] in the product kind `E`.
+fn count<E: Element>(ctx: &Context<'_>, slots: &Slots, blocks: &[Block], bar: &Progress, ranks: &mut [Vec<usize>], recheck: &mut Vec<usize>) -> Result<()> {
+    let queries: Vec<usize> = (0..slots.len()).map(|i| slots.query(i)).collect();
+    let widest = blocks.iter().map(|b| b.rows.len() * b.columns.len()).max().unwrap_or(0);
+    let tallies = in_workers(
+        ctx.workers,
+        blocks.len(),
+        || -> Result<(Worker, Tally<'_, E>)> { Ok((Worker::new(ctx, widest)?, Tally::new(slots, ctx.query_rows, ctx.gallery_rows, ctx.k, ctx.delta))) },
+        |(worker, tally), b| {
+            let block = &blocks[b];
+            let columns = worker.inputs.gallery.narrow(0, block.columns.start as i64, block.columns.len() as i64);
+            let p = worker.products(&queries[block.rows.clone()], &columns)?;
+            scan_block(tally, host_elements::<E>(&p)?, block);
+            bar.inc(1);
+            Ok(())
+        },
+    )?;
+    let tallies: Vec<Tally<'_, E>> = tallies.into_iter().map(|t| t.1).collect();
+    for i in 0..slots.len() {
+        match merge(&tallies, i, ctx.k) {
+            Outcome::Ranks(r) => ranks[slots.query(i)] = r,
+            Outcome::Recheck => recheck.push(slots.query(i)),
+        }
+    }
+    Ok(())
+}
+
+/// Offers a block's products [rows, columns] (row-major `values`) to the tally: each
+/// row to its query, and each column to its query too when the block is mirrored.
+fn scan_block<E: Element>(tally: &mut Tally<'_, E>, values: &[E], block: &Block) {
+    let w = block.columns.len();
+    let (mut row_hits, mut column_hits) = (Vec::new(), Vec::new());
+    for (r, i) in block.rows.clone().enumerate() {
+        let row = &values[r * w..(r + 1) * w];
+        row_hits.clear();
+        column_hits.clear();
+        let column_cuts = block.mirrored.then(|| &tally.cuts()[block.columns.clone()]);
+        E::mark(row, tally.cut(i), column_cuts, &mut row_hits, &mut column_hits);
+        for &j in &row_hits {
+            tally.offer(i, (block.columns.start + j as usize) as u32, row[j as usize].value());
+        }
+        // Mirrored: the queries are the gallery, so column j is query (and row i entry).
+        for &j in &column_hits {
+            tally.offer(block.columns.start + j as usize, i as u32, row[j as usize].value());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_respect_the_budget() {
+        let need = |q: usize| [3, 5, 2, 9, 1][q];
+        assert_eq!(groups(5, 100, need), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(groups(5, 10, need), vec![vec![0, 1, 2], vec![3, 4]]);
+        // A query needing more than the budget still gets a group of its own.
+        assert_eq!(groups(5, 4, need), vec![vec![0], vec![1], vec![2], vec![3], vec![4]]);
+    }
+
+    #[test]
+    fn symmetric_plan_covers_each_pair_once() {
+        let blocks = plan(10, 10, 4, true);
+        let mut seen = vec![0u8; 100];
+        for b in &blocks {
+            for r in b.rows.clone() {
+                for c in b.columns.clone() {
+                    seen[r * 10 + c] += 1;
+                    if b.mirrored {
+                        seen[c * 10 + r] += 1;
+                    }
+                }
+            }
+        }
+        // Diagonal blocks are scanned along rows only, so every ordered pair once.
+        assert!(seen.iter().all(|&s| s == 1), "{seen:?}");
+        assert_eq!(blocks.len(), 6);
+        assert_eq!(plan(10, 7, 4, false).len(), 6);
+    }
+
+    #[test]
+    fn a_misleading_sample_is_searched_again_and_ranks_stay_exact() {
+        tch::manual_seed(21);
+        // k = 200 samples runs of 16 entries every 96; make those entries (and so every
+        // query among them) nearly one direction, the rest random: a query in the sample
+        // then finds its sample threshold far above its 200th neighbour.
+        let (n, k) = (4000usize, 200usize);
+        let x = Tensor::randn([n as i64, 8], (Kind::Float, Device::Cpu));
+        let direction = Tensor::from_slice(&[1.0f32, 0., 0., 0., 0., 0., 0., 0.]).view([1, 8]);
+        let in_sample = Tensor::from_slice(&(0..n).map(|j| (j % 96 < 16) as i64 as f32).collect::<Vec<f32>>()).view([-1, 1]);
+        let x = &x * (1.0 - &in_sample) * 1.0 + (&direction + &x * 0.01) * &in_sample;
+        let labels: Vec<i64> = (0..n).map(|j| if (20..60).contains(&(j % 96)) { (j % 2) as i64 } else { (j % 97 + 2) as i64 }).collect();
+        let own: Vec<i64> = (0..n as i64).collect();
+        let (ranks, rechecked) = target_ranks(&x, &x, Some(&own), &labels, &labels, k, &KnnOptions::default()).expect("ranks");
+        assert!(rechecked > 0 && rechecked < n, "rechecked {rechecked}");
+        let full = super::super::knn(&x, &x, Some(&own), k, &KnnOptions::default()).expect("knn").indices;
+        for q in (0..n).step_by(7) {
+            let row = Vec::<i64>::try_from(full.get(q as i64)).expect("row");
+            let want: Vec<usize> = (0..row.len()).filter(|&r| labels[row[r] as usize] == labels[q]).collect();
+            assert_eq!(ranks[q], want, "query {q}");
+        }
+    }
+}

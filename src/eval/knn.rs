@@ -36,7 +36,7 @@ mod tally;
 use tch::{Kind, Tensor};
 
 use crate::error::{HistError, Result};
-pub use ranks::DEFAULT_BLOCK;
+pub use ranks::{DEFAULT_BLOCK, MAX_BLOCK};
 use search::Search;
 
 /// Default queries per chunk × gallery size: 2^26 (1,109 queries at SOP's 60,502).
@@ -81,7 +81,7 @@ pub struct KnnOptions {
     /// Queries per chunk of [`for_each_chunk`] (`None`: ⌊[`DEFAULT_CHUNK_ELEMENTS`] / G⌋,
     /// at least 1; memory per query: one row of 2,048 products and ≈ 24·k bytes of
     /// candidates), and rows = columns per block of [`for_each_target_ranks`] (`None`:
-    /// [`DEFAULT_BLOCK`]; memory: one block of products per worker). Products are
+    /// [`DEFAULT_BLOCK`], at most [`MAX_BLOCK`]; memory: one block of products per worker). Products are
     /// float32, or float64 with [`Precision::F64`]; on a GPU also copied to the host.
     pub chunk: Option<usize>,
     /// Float kind of the products.
@@ -211,12 +211,11 @@ pub fn knn(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, k
 /// neighbours ([`ranks`]); when `queries` and `gallery` are the same tensor with
 /// `self_positions` 0..N and equal labels, only half the products are computed.
 #[allow(clippy::too_many_arguments)]
-pub fn for_each_target_ranks<V>(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, query_labels: &[i64], gallery_labels: &[i64], k: usize, options: &KnnOptions, mut visit: V) -> Result<()>
+pub fn for_each_target_ranks<V>(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, query_labels: &[i64], gallery_labels: &[i64], k: usize, options: &KnnOptions, visit: V) -> Result<()>
 where
     V: FnMut(usize, &[usize]) -> Result<()>,
 {
-    let (ranks, _) = ranks::target_ranks(queries, gallery, self_positions, query_labels, gallery_labels, k, options)?;
-    ranks.iter().enumerate().try_for_each(|(q, r)| visit(q, r))
+    ranks::target_ranks(queries, gallery, self_positions, query_labels, gallery_labels, k, options, ranks::COUNTER_BYTES, visit).map(|_| ())
 }
 
 #[cfg(test)]

@@ -24,7 +24,9 @@ pub fn retrieval_metrics(embeddings: &Tensor, labels: &[i64], split: &Split, ks:
         }
         embeddings.index_select(0, &Tensor::from_slice(r).to_device(embeddings.device()))
     };
-    let (queries, gallery) = (pick(&split.query_rows), pick(&split.gallery_rows));
+    let queries = pick(&split.query_rows);
+    // The same rows as queries and gallery: one tensor, so the search can use the symmetry.
+    let gallery = if split.gallery_rows == split.query_rows { queries.shallow_clone() } else { pick(&split.gallery_rows) };
     let label_of = |r: &[i64]| -> Vec<i64> { r.iter().map(|&i| labels[i as usize]).collect() };
     let query_labels = label_of(&split.query_rows);
     let gallery_labels = label_of(&split.gallery_rows);

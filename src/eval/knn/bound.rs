@@ -23,8 +23,11 @@ const U32: f64 = 1.0 / 16_777_216.0;
 const U64: f64 = f64::EPSILON / 2.0;
 /// Largest ‖x̂‖·‖ŷ‖ of two normalised rows (the norms exceed 1 by at most ~D·u_64).
 const NORM_PRODUCT: f64 = 1.0 + 1e-12;
-/// Headroom over the bound for the roundings in thresholds such as t − 2δ.
+/// Headroom over the bound for the roundings in thresholds such as t − 2δ: relative,
+/// and absolute (a few float64 ulps of values near 1, which matter when δ itself is
+/// only a few ulps: float64 products of narrow rows).
 const SAFETY: f64 = 1.01;
+const SAFETY_ULPS: f64 = 4.0 * f64::EPSILON;
 
 /// γ_n(u), or `None` when n·u ≥ 1/2 (the bound is then useless).
 fn gamma(n: f64, u: f64) -> Option<f64> {
@@ -41,7 +44,7 @@ pub(super) fn similarity_error(dim: usize, single: bool) -> Option<f64> {
     // Float64 products read the rows as stored: no input rounding.
     let inputs = (1.0 + up) * (1.0 + up) - 1.0;
     let product = gamma(d, if single { U32 } else { U64 })? * (1.0 + up) * (1.0 + up);
-    Some((inputs + product + exact) * NORM_PRODUCT * SAFETY)
+    Some((inputs + product + exact) * NORM_PRODUCT * SAFETY + SAFETY_ULPS)
 }
 
 #[cfg(test)]

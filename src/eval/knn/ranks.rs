@@ -12,13 +12,16 @@
 //! Counting (see [`super::tally`]) needs no candidate lists: per query a few counters
 //! per target. What keeps the scan short is each query's cut, which starts at a floor
 //! read off a sample of its row (its products with a spread-out sample of the gallery,
-//! computed first: about 3% of the products at SOP size): at least k entries are presumed
-//! to lie above it, a presumption the counts then confirm (see [`super::slots`]); a query
-//! where they do not (about 1%) is searched again in full without a floor.
+//! computed first: ≈ 3% of a full search's products at SOP size, at most 1/8): at least
+//! k entries are presumed to lie above it, a presumption the counts then confirm (see
+//! [`super::slots`]); a query where they do not (well under 1%) is searched again in full
+//! without a floor.
 //!
-//! Memory: per worker one block of products (block² × 4 bytes in float32) and counters
-//! for every query (≈ 8 bytes per kept target); queries are taken in groups (then over
-//! the full grid) when their targets would need more than [`MAX_SLOTS`] counters.
+//! Memory: per worker one block of products (block² × 4 bytes in float32; the block edge
+//! is at most [`MAX_BLOCK`]) and counters for every query of the group (8 bytes per kept
+//! target); queries are taken in groups (each then over the full grid) when the workers'
+//! counters together would pass [`COUNTER_BYTES`]. Each group's ranks go to the caller
+//! when it is done.
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -39,8 +42,11 @@ use crate::progress::Progress;
 /// a 4 MiB float32 block stays in cache from the product through both scans.
 pub const DEFAULT_BLOCK: usize = 1024;
 
-/// Counters (per kept target and worker) above which queries are taken in groups.
-const MAX_SLOTS: usize = 1 << 24;
+/// Largest block edge: a float32 block of 8,192² products is 256 MiB per worker.
+pub const MAX_BLOCK: usize = 8192;
+
+/// Bytes the workers' counters may take together before queries are taken in groups.
+pub(super) const COUNTER_BYTES: usize = 1 << 30;
 
 /// Products per search below which one thread does the work.
 const PARALLEL_MIN: usize = 1 << 20;
@@ -78,6 +84,8 @@ struct Context<'a> {
     query_rows: &'a Rows,
     gallery_rows: &'a Rows,
     own: &'a [Option<u32>],
+    /// The gallery sample the floors are read from.
+    order: ColumnOrder,
     query_labels: &'a [i64],
     targets: &'a TargetLists,
     kind: Kind,
@@ -87,11 +95,15 @@ struct Context<'a> {
     workers: usize,
 }
 
-/// For every query, the ranks (0-based, ascending) of its same-label gallery entries
-/// (never its own entry) among its exact neighbours, for those ranked below `k`.
+/// For every query in order, the ranks (0-based, ascending) of its same-label gallery
+/// entries (never its own entry) among its exact neighbours, for those ranked below `k`:
+/// `visit(query, ranks)`. The workers' counters take at most about `counter_bytes`
+/// together. Returns how many queries had to be searched again without a floor.
 #[allow(clippy::too_many_arguments)]
-/// Also returns how many queries had to be searched again without a floor.
-pub(super) fn target_ranks(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, query_labels: &[i64], gallery_labels: &[i64], k: usize, options: &KnnOptions) -> Result<(Vec<Vec<usize>>, usize)> {
+pub(super) fn target_ranks<V>(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, query_labels: &[i64], gallery_labels: &[i64], k: usize, options: &KnnOptions, counter_bytes: usize, mut visit: V) -> Result<usize>
+where
+    V: FnMut(usize, &[usize]) -> Result<()>,
+{
     check_inputs(queries, gallery, self_positions)?;
     let (n, g, d) = (queries.size()[0] as usize, gallery.size()[0] as usize, gallery.size()[1] as usize);
     if query_labels.len() != n || gallery_labels.len() != g {
@@ -99,7 +111,8 @@ pub(super) fn target_ranks(queries: &Tensor, gallery: &Tensor, self_positions: O
     }
     let k = k.min(g);
     if k == 0 || n == 0 {
-        return Ok((vec![Vec::new(); n], 0));
+        (0..n).try_for_each(|q| visit(q, &[]))?;
+        return Ok(0);
     }
     let delta = bound::similarity_error(d, options.precision == Precision::F32)
         .ok_or_else(|| HistError::input("embeddings", format!("width {d} is too large for float32 products to bound their error; use --precision f64")))?;
@@ -118,34 +131,43 @@ pub(super) fn target_ranks(queries: &Tensor, gallery: &Tensor, self_positions: O
     let gallery_input = if symmetric { query_input.shallow_clone() } else { gallery_rows.to_tensor(None, kind, device) };
     let targets = TargetLists::new(gallery_labels);
     let workers = if n * g < PARALLEL_MIN { 1 } else { tch::get_num_threads().max(1) as usize };
-    let block = options.chunk.unwrap_or(DEFAULT_BLOCK).max(1);
+    let block = options.chunk.unwrap_or(DEFAULT_BLOCK).clamp(1, MAX_BLOCK);
     let inputs = Mutex::new(Inputs { query: query_input, gallery: gallery_input });
-    let ctx = Context { inputs, device, query_rows: &query_rows, gallery_rows, own: &own, query_labels, targets: &targets, kind, delta, k, block, workers };
+    let order = ColumnOrder::for_threshold(g, k);
+    let ctx = Context { inputs, device, query_rows: &query_rows, gallery_rows, own: &own, order, query_labels, targets: &targets, kind, delta, k, block, workers };
     // Workers set libtorch's thread count to 1, which also sets MKL's global count.
     let _restore = ThreadCount(tch::get_num_threads());
 
-    // Each query keeps at most k targets, and a sentinel.
-    let groups = groups(n, MAX_SLOTS / workers, |q| targets.count(query_labels[q]).min(k) + 1);
+    // Each query keeps at most k targets, and a sentinel; each slot is two u32 counters
+    // in every worker.
+    let budget = (counter_bytes / (8 * workers)).max(1);
+    let groups = groups(n, budget, |q| targets.count(query_labels[q]).min(k) + 1);
     // Groups each go over the full grid: the other half of a block may hold another group.
     let mirrored = symmetric && groups.len() == 1;
     // Blocks of sample products, then of products.
-    let total: u64 = groups.iter().map(|q| (q.len().div_ceil(block) + plan(q.len(), g, block, mirrored).len()) as u64).sum();
+    let total: u64 = groups.iter().map(|q| (q.len().div_ceil(sample_rows(&ctx, q.len())) + plan(q.len(), g, block, mirrored).len()) as u64).sum();
     let bar = Progress::new("k-NN search", total, "blocks", true);
-    let mut ranks = vec![Vec::new(); n];
-    let mut recheck = Vec::new();
-    for group in &groups {
-        let floors = sample_floors(&ctx, group, &bar)?;
-        search_group(&ctx, group.clone(), Some(&floors), mirrored, &bar, &mut ranks, &mut recheck)?;
-    }
-    let rechecked = recheck.len();
-    if rechecked > 0 {
-        let mut again = Vec::new();
-        search_group(&ctx, std::mem::take(&mut recheck), None, false, &bar, &mut ranks, &mut again)?;
+    let mut rechecked = 0;
+    for group in groups {
+        let floors = sample_floors(&ctx, &group, &bar)?;
+        let mut outcomes = search_group(&ctx, group.clone(), Some(&floors), mirrored, &bar)?;
+        let again: Vec<usize> = (0..group.len()).filter(|&i| outcomes[i] == Outcome::Recheck).collect();
         if !again.is_empty() {
-            return Err(HistError::input("k-NN search", "internal: a query without a floor asked to be searched again"));
+            rechecked += again.len();
+            let found = search_group(&ctx, again.iter().map(|&i| group[i]).collect(), None, false, &bar)?;
+            for (&i, outcome) in again.iter().zip(found) {
+                outcomes[i] = outcome;
+            }
+        }
+        for (q, outcome) in group.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Ranks(ranks) => visit(q, &ranks)?,
+                // A search without a floor has no sentinel to doubt.
+                Outcome::Recheck => return Err(HistError::input("k-NN search", "internal: a query without a floor asked to be searched again")),
+            }
         }
     }
-    Ok((ranks, rechecked))
+    Ok(rechecked)
 }
 
 /// Whether two tensors are views of the same rows (the same source split).
@@ -276,13 +298,19 @@ impl Worker {
     }
 }
 
+/// Queries per block of sample products: as many as keep the block within block² products.
+fn sample_rows(ctx: &Context<'_>, queries: usize) -> usize {
+    let sample = ctx.order.sample(ctx.k).map_or(1, |(s, _)| s.len().max(1));
+    (ctx.block * ctx.block / sample).clamp(1, queries.max(1))
+}
+
 /// Each query's floor: its sample threshold t_s (the products with the sample, rank
 /// from [`ColumnOrder`]) minus δ, so that the entries with products ≥ t_s — about
 /// 1.5·k — lie at or above it; −∞ when the gallery is too small to sample.
 fn sample_floors(ctx: &Context<'_>, queries: &[usize], bar: &Progress) -> Result<Vec<f64>> {
-    let order = ColumnOrder::new(ctx.gallery_rows.len(), ctx.k);
-    let blocks = queries.len().div_ceil(ctx.block);
-    let Some((sample, rank)) = order.sample(ctx.k) else {
+    let rows = sample_rows(ctx, queries.len());
+    let blocks = queries.len().div_ceil(rows);
+    let Some((sample, rank)) = ctx.order.sample(ctx.k) else {
         bar.inc(blocks as u64);
         return Ok(vec![f64::NEG_INFINITY; queries.len()]);
     };
@@ -291,13 +319,13 @@ fn sample_floors(ctx: &Context<'_>, queries: &[usize], bar: &Progress) -> Result
         ctx.workers,
         blocks,
         || -> Result<(Worker, Vec<(usize, f64)>)> {
-            let mut worker = Worker::new(ctx, ctx.block.min(queries.len()) * s)?;
+            let mut worker = Worker::new(ctx, rows.min(queries.len()) * s)?;
             let positions: Vec<usize> = sample.iter().map(|&p| p as usize).collect();
             worker.inputs.gallery = rows_at(&worker.inputs.gallery, &positions);
             Ok((worker, Vec::new()))
         },
         |(worker, floors), b| {
-            let range = b * ctx.block..((b + 1) * ctx.block).min(queries.len());
+            let range = b * rows..((b + 1) * rows).min(queries.len());
             let p = worker.products(&queries[range.clone()], &worker.inputs.gallery)?;
             let mut scratch = Vec::with_capacity(s);
             match ctx.kind {
@@ -331,20 +359,18 @@ fn row_floors<E: Element>(ctx: &Context<'_>, queries: &[usize], range: Range<usi
     Ok(())
 }
 
-/// Counts the ranks of `queries` (with `floors`, or none) over their blocks, writing
-/// each settled query's ranks and listing the ones to search again.
-#[allow(clippy::too_many_arguments)]
-fn search_group(ctx: &Context<'_>, queries: Vec<usize>, floors: Option<&[f64]>, mirrored: bool, bar: &Progress, ranks: &mut [Vec<usize>], recheck: &mut Vec<usize>) -> Result<()> {
+/// The outcome for each of `queries` (with `floors`, or none), counted over their blocks.
+fn search_group(ctx: &Context<'_>, queries: Vec<usize>, floors: Option<&[f64]>, mirrored: bool, bar: &Progress) -> Result<Vec<Outcome>> {
     let slots = Slots::new(queries, ctx.query_labels, ctx.own, ctx.targets, ctx.query_rows, ctx.gallery_rows, ctx.k, floors);
     let blocks = plan(slots.len(), ctx.gallery_rows.len(), ctx.block, mirrored);
     match ctx.kind {
-        Kind::Float => count::<f32>(ctx, &slots, &blocks, bar, ranks, recheck),
-        _ => count::<f64>(ctx, &slots, &blocks, bar, ranks, recheck),
+        Kind::Float => count::<f32>(ctx, &slots, &blocks, bar),
+        _ => count::<f64>(ctx, &slots, &blocks, bar),
     }
 }
 
 /// [`search_group`] in the product kind `E`.
-fn count<E: Element>(ctx: &Context<'_>, slots: &Slots, blocks: &[Block], bar: &Progress, ranks: &mut [Vec<usize>], recheck: &mut Vec<usize>) -> Result<()> {
+fn count<E: Element>(ctx: &Context<'_>, slots: &Slots, blocks: &[Block], bar: &Progress) -> Result<Vec<Outcome>> {
     let queries: Vec<usize> = (0..slots.len()).map(|i| slots.query(i)).collect();
     let widest = blocks.iter().map(|b| b.rows.len() * b.columns.len()).max().unwrap_or(0);
     let tallies = in_workers(
@@ -361,13 +387,7 @@ fn count<E: Element>(ctx: &Context<'_>, slots: &Slots, blocks: &[Block], bar: &P
         },
     )?;
     let tallies: Vec<Tally<'_, E>> = tallies.into_iter().map(|t| t.1).collect();
-    for i in 0..slots.len() {
-        match merge(&tallies, i, ctx.k) {
-            Outcome::Ranks(r) => ranks[slots.query(i)] = r,
-            Outcome::Recheck => recheck.push(slots.query(i)),
-        }
-    }
-    Ok(())
+    Ok((0..slots.len()).map(|i| merge(&tallies, i, ctx.k)).collect())
 }
 
 /// Offers a block's products [rows, columns] (row-major `values`) to the tally: each
@@ -427,23 +447,35 @@ mod tests {
     #[test]
     fn a_misleading_sample_is_searched_again_and_ranks_stay_exact() {
         tch::manual_seed(21);
-        // k = 200 samples runs of 16 entries every 96; make those entries (and so every
+        // k = 200 samples runs of 16 entries every 128; make those entries (and so every
         // query among them) nearly one direction, the rest random: a query in the sample
         // then finds its sample threshold far above its 200th neighbour.
         let (n, k) = (4000usize, 200usize);
         let x = Tensor::randn([n as i64, 8], (Kind::Float, Device::Cpu));
         let direction = Tensor::from_slice(&[1.0f32, 0., 0., 0., 0., 0., 0., 0.]).view([1, 8]);
-        let in_sample = Tensor::from_slice(&(0..n).map(|j| (j % 96 < 16) as i64 as f32).collect::<Vec<f32>>()).view([-1, 1]);
+        let in_sample = Tensor::from_slice(&(0..n).map(|j| (j % 128 < 16) as i64 as f32).collect::<Vec<f32>>()).view([-1, 1]);
         let x = &x * (1.0 - &in_sample) * 1.0 + (&direction + &x * 0.01) * &in_sample;
-        let labels: Vec<i64> = (0..n).map(|j| if (20..60).contains(&(j % 96)) { (j % 2) as i64 } else { (j % 97 + 2) as i64 }).collect();
+        let labels: Vec<i64> = (0..n).map(|j| if (20..60).contains(&(j % 128)) { (j % 2) as i64 } else { (j % 97 + 2) as i64 }).collect();
         let own: Vec<i64> = (0..n as i64).collect();
-        let (ranks, rechecked) = target_ranks(&x, &x, Some(&own), &labels, &labels, k, &KnnOptions::default()).expect("ranks");
-        assert!(rechecked > 0 && rechecked < n, "rechecked {rechecked}");
         let full = super::super::knn(&x, &x, Some(&own), k, &KnnOptions::default()).expect("knn").indices;
-        for q in (0..n).step_by(7) {
+        let want = |q: usize| -> Vec<usize> {
             let row = Vec::<i64>::try_from(full.get(q as i64)).expect("row");
-            let want: Vec<usize> = (0..row.len()).filter(|&r| labels[row[r] as usize] == labels[q]).collect();
-            assert_eq!(ranks[q], want, "query {q}");
+            (0..row.len()).filter(|&r| labels[row[r] as usize] == labels[q]).collect()
+        };
+        // One group (symmetric), and groups of a few hundred queries (full grid each).
+        for counter_bytes in [COUNTER_BYTES, 8 * 2 * 4000] {
+            let mut seen = 0;
+            let rechecked = target_ranks(&x, &x, Some(&own), &labels, &labels, k, &KnnOptions::default(), counter_bytes, |q, ranks| {
+                assert_eq!(q, seen, "queries in order");
+                seen += 1;
+                if q % 7 == 0 {
+                    assert_eq!(ranks, want(q).as_slice(), "query {q}, counters {counter_bytes}");
+                }
+                Ok(())
+            })
+            .expect("ranks");
+            assert_eq!(seen, n);
+            assert!(rechecked > 0 && rechecked < n, "rechecked {rechecked}");
         }
     }
 }

@@ -26,8 +26,8 @@ pub(super) trait Element: Copy + Send + Sync + 'static {
     /// kind's values against it misses nothing at or above `cut`.
     fn floor_of(cut: f64) -> Self;
     /// Appends to `row_hits` every j with row[j] ≥ `cut`, and, given `column_cuts`
-    /// (one per entry of `row`), to `column_hits` every j with row[j] ≥ column_cuts[j];
-    /// both ascending.
+    /// (one per entry of `row`, else it panics), to `column_hits` every j with
+    /// row[j] ≥ column_cuts[j]; both ascending.
     fn mark(row: &[Self], cut: Self, column_cuts: Option<&[Self]>, row_hits: &mut Vec<u32>, column_hits: &mut Vec<u32>);
 }
 
@@ -47,6 +47,7 @@ impl Element for f64 {
     }
 
     fn mark(row: &[f64], cut: f64, column_cuts: Option<&[f64]>, row_hits: &mut Vec<u32>, column_hits: &mut Vec<u32>) {
+        assert!(column_cuts.is_none_or(|c| c.len() == row.len()), "mark: one column cut per entry of the row");
         mark_scalar(row, 0, cut, column_cuts, row_hits, column_hits);
     }
 }
@@ -84,6 +85,8 @@ impl Element for f32 {
     }
 
     fn mark(row: &[f32], cut: f32, column_cuts: Option<&[f32]>, row_hits: &mut Vec<u32>, column_hits: &mut Vec<u32>) {
+        // The vector kernels load one cut per entry of the row.
+        assert!(column_cuts.is_none_or(|c| c.len() == row.len()), "mark: one column cut per entry of the row");
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f") {

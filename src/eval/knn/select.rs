@@ -30,6 +30,10 @@ pub(super) const TILE_COLUMNS: usize = 2048;
 /// The sample takes runs of this many neighbouring entries, so it touches few cache lines.
 const RUN: usize = 16;
 
+/// Smallest stride of [`ColumnOrder::for_threshold`]: its sample costs at most 1/8 of the
+/// products of a full search.
+const MIN_FLOOR_STRIDE: usize = 8;
+
 /// Largest first; the inputs are finite.
 fn descending(a: &f64, b: &f64) -> Ordering {
     b.partial_cmp(a).unwrap_or(Ordering::Equal)
@@ -50,6 +54,9 @@ pub(super) struct ColumnOrder {
     sample: usize,
     /// Gallery entries per sampled entry; 1 when the sample is the whole gallery.
     stride: usize,
+    /// For large k, the threshold's expected entries above it in the row, in halves of
+    /// k: 3 (1.5·k), or 6 (3·k) when the stride is raised to keep the sample small.
+    margin: usize,
 }
 
 impl ColumnOrder {
@@ -59,14 +66,34 @@ impl ColumnOrder {
         // which at least k entries always reach (the sample is part of the row); stride
         // √(G/k) balances the sample against the ≈ k·stride entries it lets through.
         let stride = if k >= 2 * SAMPLE_RANK { k / SAMPLE_RANK } else { (gallery / k.max(1)).isqrt() };
+        ColumnOrder::with_stride(gallery, stride, 3)
+    }
+
+    /// As [`Self::new`], but with a sample of at most 1/[`MIN_FLOOR_STRIDE`] of the gallery:
+    /// for a search that needs only the threshold, not the sample's products. Where that
+    /// raises the stride above k/32, the threshold aims at 3·k entries rather than 1.5·k,
+    /// so that its smaller rank still reaches k with high probability (rank ≥ 24: fewer
+    /// than k entries above it takes a 3.3-sigma shortfall).
+    pub(super) fn for_threshold(gallery: usize, k: usize) -> ColumnOrder {
+        if k < 2 * SAMPLE_RANK {
+            return ColumnOrder::new(gallery, k);
+        }
+        let stride = k / SAMPLE_RANK;
+        match stride < MIN_FLOOR_STRIDE {
+            true => ColumnOrder::with_stride(gallery, MIN_FLOOR_STRIDE, 6),
+            false => ColumnOrder::with_stride(gallery, stride, 3),
+        }
+    }
+
+    fn with_stride(gallery: usize, stride: usize, margin: usize) -> ColumnOrder {
         if stride < 2 {
-            return ColumnOrder { positions: (0..gallery as u32).collect(), sample: gallery, stride: 1 };
+            return ColumnOrder { positions: (0..gallery as u32).collect(), sample: gallery, stride: 1, margin };
         }
         let in_sample: Vec<bool> = (0..gallery).map(|j| j % (RUN * stride) < RUN).collect();
         let sampled = (0..gallery).filter(|&j| in_sample[j]);
         let rest = (0..gallery).filter(|&j| !in_sample[j]);
         let positions: Vec<u32> = sampled.chain(rest).map(|j| j as u32).collect();
-        ColumnOrder { sample: in_sample.iter().filter(|&&s| s).count(), positions, stride }
+        ColumnOrder { sample: in_sample.iter().filter(|&&s| s).count(), positions, stride, margin }
     }
 
     /// Column ranges of the tiles, in order: the sample, then [`TILE_COLUMNS`] at a time.
@@ -93,7 +120,7 @@ impl ColumnOrder {
         if self.stride == 1 || k < 2 * SAMPLE_RANK {
             k
         } else {
-            (3 * k).div_ceil(2 * self.stride)
+            (self.margin * k).div_ceil(2 * self.stride)
         }
     }
 }

@@ -81,7 +81,7 @@ enum Command {
         /// Also write the JSON object to FILE (rank 0).
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
-        /// Rows and columns per block of similarities in the k-NN search (default 1,024; each worker holds one block).
+        /// Rows and columns per block of similarities in the k-NN search (default 1,024, at most 8,192; each worker holds one block).
         #[arg(long)]
         chunk: Option<usize>,
         /// Float kind of the k-NN products: f32 (fast) or f64; the ranking is exact either way.

@@ -25,7 +25,7 @@ pub struct EvalArgs {
     pub ks: Vec<usize>,
     /// Print one JSON object instead of a table.
     pub json: bool,
-    /// Rows and columns per block of similarities in the k-NN search (default 1,024; each worker holds one block).
+    /// Rows and columns per block of similarities in the k-NN search (default 1,024, at most 8,192; each worker holds one block).
     pub chunk: Option<usize>,
     /// Float kind of the k-NN products, `f32` or `f64` (the ranking is exact either way).
     pub precision: String,

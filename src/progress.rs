@@ -61,6 +61,13 @@ impl Progress {
         }
     }
 
+    /// Adds `n` items to the total (work found along the way).
+    pub fn inc_length(&self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc_length(n);
+        }
+    }
+
     /// Text shown after the ETA (e.g. the running loss).
     pub fn set_message(&self, message: String) {
         if let Some(bar) = &self.bar {

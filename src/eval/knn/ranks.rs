@@ -154,6 +154,7 @@ where
         let again: Vec<usize> = (0..group.len()).filter(|&i| outcomes[i] == Outcome::Recheck).collect();
         if !again.is_empty() {
             rechecked += again.len();
+            bar.inc_length(plan(again.len(), g, block, false).len() as u64);
             let found = search_group(&ctx, again.iter().map(|&i| group[i]).collect(), None, false, &bar)?;
             for (&i, outcome) in again.iter().zip(found) {
                 outcomes[i] = outcome;

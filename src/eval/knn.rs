@@ -32,6 +32,7 @@ mod search;
 mod select;
 mod slots;
 mod tally;
+mod threads;
 
 use tch::{Kind, Tensor};
 

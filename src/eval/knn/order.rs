@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 
 use super::exact::{dot, Rows};
-use super::scan::Candidate;
+use super::select::Candidate;
 use super::slots::ahead;
 
 /// The `k` nearest of `candidates` (a superset of them, see [`super::select`]) in exact

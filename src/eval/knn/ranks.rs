@@ -24,13 +24,13 @@
 //! when it is done.
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor};
 
 use super::exact::Rows;
 use super::scan::Element;
-use super::search::{host_elements, ThreadCount};
+use super::search::host_elements;
+use super::threads::on_threads;
 use super::select::{largest, ColumnOrder};
 use super::slots::{Slots, TargetLists};
 use super::tally::{merge, Outcome, Tally};
@@ -62,7 +62,7 @@ struct Block {
 }
 
 /// The products' input rows (in the product kind, on the device): a tensor handle may
-/// not be shared between threads, so each [`Worker`] takes its own [`Inputs::share`].
+/// not be shared between threads, so each [`Worker`] gets its own [`Inputs::share`].
 struct Inputs {
     /// [N, D] the queries.
     query: Tensor,
@@ -79,7 +79,6 @@ impl Inputs {
 
 /// What every worker reads.
 struct Context<'a> {
-    inputs: Mutex<Inputs>,
     device: Device,
     query_rows: &'a Rows,
     gallery_rows: &'a Rows,
@@ -132,11 +131,9 @@ where
     let targets = TargetLists::new(gallery_labels);
     let workers = if n * g < PARALLEL_MIN { 1 } else { tch::get_num_threads().max(1) as usize };
     let block = options.chunk.unwrap_or(DEFAULT_BLOCK).clamp(1, MAX_BLOCK);
-    let inputs = Mutex::new(Inputs { query: query_input, gallery: gallery_input });
+    let inputs = Inputs { query: query_input, gallery: gallery_input };
     let order = ColumnOrder::for_threshold(g, k);
-    let ctx = Context { inputs, device, query_rows: &query_rows, gallery_rows, own: &own, order, query_labels, targets: &targets, kind, delta, k, block, workers };
-    // Workers set libtorch's thread count to 1, which also sets MKL's global count.
-    let _restore = ThreadCount(tch::get_num_threads());
+    let ctx = Context { device, query_rows: &query_rows, gallery_rows, own: &own, order, query_labels, targets: &targets, kind, delta, k, block, workers };
 
     // Each query keeps at most k targets, and a sentinel; each slot is two u32 counters
     // in every worker.
@@ -149,13 +146,13 @@ where
     let bar = Progress::new("k-NN search", total, "blocks", true);
     let mut rechecked = 0;
     for group in groups {
-        let floors = sample_floors(&ctx, &group, &bar)?;
-        let mut outcomes = search_group(&ctx, group.clone(), Some(&floors), mirrored, &bar)?;
+        let floors = sample_floors(&ctx, &inputs, &group, &bar)?;
+        let mut outcomes = search_group(&ctx, &inputs, group.clone(), Some(&floors), mirrored, &bar)?;
         let again: Vec<usize> = (0..group.len()).filter(|&i| outcomes[i] == Outcome::Recheck).collect();
         if !again.is_empty() {
             rechecked += again.len();
             bar.inc_length(plan(again.len(), g, block, false).len() as u64);
-            let found = search_group(&ctx, again.iter().map(|&i| group[i]).collect(), None, false, &bar)?;
+            let found = search_group(&ctx, &inputs, again.iter().map(|&i| group[i]).collect(), None, false, &bar)?;
             for (&i, outcome) in again.iter().zip(found) {
                 outcomes[i] = outcome;
             }
@@ -222,44 +219,16 @@ fn rows_at(input: &Tensor, positions: &[usize]) -> Tensor {
     input.index_select(0, &Tensor::from_slice(&index).to_device(input.device()))
 }
 
-/// Runs `work(state, task)` for tasks 0..tasks on `workers` threads (each with its own
-/// `init()` state and libtorch single-threaded), returning the states.
-fn in_workers<S: Send, I, W>(workers: usize, tasks: usize, init: I, work: W) -> Result<Vec<S>>
-where
-    I: Fn() -> Result<S> + Sync,
-    W: Fn(&mut S, usize) -> Result<()> + Sync,
-{
+/// Runs `work(state, task)` for tasks 0..tasks, shared out among the workers whose
+/// states are `states` (one thread each, see [`on_threads`]), and returns the states.
+fn in_workers<S: Send>(states: Vec<S>, tasks: usize, work: impl Fn(&mut S, usize) -> Result<()> + Sync) -> Result<Vec<S>> {
     let next = AtomicUsize::new(0);
-    let run = |state: &mut S| -> Result<()> {
-        loop {
-            let task = next.fetch_add(1, Ordering::Relaxed);
-            if task >= tasks {
-                return Ok(());
-            }
-            work(state, task)?;
+    on_threads(states, |mut state| loop {
+        let task = next.fetch_add(1, Ordering::Relaxed);
+        if task >= tasks {
+            return Ok(state);
         }
-    };
-    if workers <= 1 {
-        let mut state = init()?;
-        run(&mut state)?;
-        return Ok(vec![state]);
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| -> Result<S> {
-                    // Each worker runs its products single-threaded: libtorch's OpenMP
-                    // threads would spin-wait after every product on the cores the scans need.
-                    tch::set_num_threads(1);
-                    let _guard = tch::no_grad_guard();
-                    let mut state = init()?;
-                    run(&mut state)?;
-                    Ok(state)
-                })
-            })
-            .collect();
-        // A panic in a worker is a bug here, not bad input: pass it on.
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        work(&mut state, task)?;
     })
 }
 
@@ -272,9 +241,14 @@ struct Worker {
 }
 
 impl Worker {
-    /// A worker whose blocks hold up to `elements` products.
-    fn new(ctx: &Context<'_>, elements: usize) -> Result<Worker> {
-        let inputs = ctx.inputs.lock().map_err(|_| HistError::input("k-NN search", "internal: a worker failed while holding the inputs"))?.share();
+    /// Workers (as many as `tasks` can use) on `inputs`, whose blocks hold up to
+    /// `elements` products.
+    fn several(ctx: &Context<'_>, inputs: &Inputs, elements: usize, tasks: usize) -> Result<Vec<Worker>> {
+        (0..ctx.workers.min(tasks).max(1)).map(|_| Worker::new(ctx, inputs.share(), elements)).collect()
+    }
+
+    /// A worker on `inputs` whose blocks hold up to `elements` products.
+    fn new(ctx: &Context<'_>, inputs: Inputs, elements: usize) -> Result<Worker> {
         let buffer = Tensor::f_empty([elements as i64], (ctx.kind, ctx.device))?;
         let host = (ctx.device != Device::Cpu).then(|| Tensor::empty([elements as i64], (ctx.kind, Device::Cpu)));
         Ok(Worker { inputs, buffer, host })
@@ -308,7 +282,7 @@ fn sample_rows(ctx: &Context<'_>, queries: usize) -> usize {
 /// Each query's floor: its sample threshold t_s (the products with the sample, rank
 /// from [`ColumnOrder`]) minus δ, so that the entries with products ≥ t_s — about
 /// 1.5·k — lie at or above it; −∞ when the gallery is too small to sample.
-fn sample_floors(ctx: &Context<'_>, queries: &[usize], bar: &Progress) -> Result<Vec<f64>> {
+fn sample_floors(ctx: &Context<'_>, inputs: &Inputs, queries: &[usize], bar: &Progress) -> Result<Vec<f64>> {
     let rows = sample_rows(ctx, queries.len());
     let blocks = queries.len().div_ceil(rows);
     let Some((sample, rank)) = ctx.order.sample(ctx.k) else {
@@ -316,16 +290,13 @@ fn sample_floors(ctx: &Context<'_>, queries: &[usize], bar: &Progress) -> Result
         return Ok(vec![f64::NEG_INFINITY; queries.len()]);
     };
     let s = sample.len();
+    let positions: Vec<usize> = sample.iter().map(|&p| p as usize).collect();
+    let sampled = Inputs { query: inputs.query.shallow_clone(), gallery: rows_at(&inputs.gallery, &positions) };
+    let workers = Worker::several(ctx, &sampled, rows.min(queries.len()) * s, blocks)?;
     let states = in_workers(
-        ctx.workers,
+        workers.into_iter().map(|w| (w, Vec::new())).collect(),
         blocks,
-        || -> Result<(Worker, Vec<(usize, f64)>)> {
-            let mut worker = Worker::new(ctx, rows.min(queries.len()) * s)?;
-            let positions: Vec<usize> = sample.iter().map(|&p| p as usize).collect();
-            worker.inputs.gallery = rows_at(&worker.inputs.gallery, &positions);
-            Ok((worker, Vec::new()))
-        },
-        |(worker, floors), b| {
+        |(worker, floors): &mut (Worker, Vec<(usize, f64)>), b| {
             let range = b * rows..((b + 1) * rows).min(queries.len());
             let p = worker.products(&queries[range.clone()], &worker.inputs.gallery)?;
             let mut scratch = Vec::with_capacity(s);
@@ -361,24 +332,24 @@ fn row_floors<E: Element>(ctx: &Context<'_>, queries: &[usize], range: Range<usi
 }
 
 /// The outcome for each of `queries` (with `floors`, or none), counted over their blocks.
-fn search_group(ctx: &Context<'_>, queries: Vec<usize>, floors: Option<&[f64]>, mirrored: bool, bar: &Progress) -> Result<Vec<Outcome>> {
+fn search_group(ctx: &Context<'_>, inputs: &Inputs, queries: Vec<usize>, floors: Option<&[f64]>, mirrored: bool, bar: &Progress) -> Result<Vec<Outcome>> {
     let slots = Slots::new(queries, ctx.query_labels, ctx.own, ctx.targets, ctx.query_rows, ctx.gallery_rows, ctx.k, floors);
     let blocks = plan(slots.len(), ctx.gallery_rows.len(), ctx.block, mirrored);
     match ctx.kind {
-        Kind::Float => count::<f32>(ctx, &slots, &blocks, bar),
-        _ => count::<f64>(ctx, &slots, &blocks, bar),
+        Kind::Float => count::<f32>(ctx, inputs, &slots, &blocks, bar),
+        _ => count::<f64>(ctx, inputs, &slots, &blocks, bar),
     }
 }
 
 /// [`search_group`] in the product kind `E`.
-fn count<E: Element>(ctx: &Context<'_>, slots: &Slots, blocks: &[Block], bar: &Progress) -> Result<Vec<Outcome>> {
+fn count<E: Element>(ctx: &Context<'_>, inputs: &Inputs, slots: &Slots, blocks: &[Block], bar: &Progress) -> Result<Vec<Outcome>> {
     let queries: Vec<usize> = (0..slots.len()).map(|i| slots.query(i)).collect();
     let widest = blocks.iter().map(|b| b.rows.len() * b.columns.len()).max().unwrap_or(0);
+    let workers = Worker::several(ctx, inputs, widest, blocks.len())?;
     let tallies = in_workers(
-        ctx.workers,
+        workers.into_iter().map(|w| (w, Tally::new(slots, ctx.query_rows, ctx.gallery_rows, ctx.k, ctx.delta))).collect(),
         blocks.len(),
-        || -> Result<(Worker, Tally<'_, E>)> { Ok((Worker::new(ctx, widest)?, Tally::new(slots, ctx.query_rows, ctx.gallery_rows, ctx.k, ctx.delta))) },
-        |(worker, tally), b| {
+        |(worker, tally): &mut (Worker, Tally<'_, E>), b| {
             let block = &blocks[b];
             let columns = worker.inputs.gallery.narrow(0, block.columns.start as i64, block.columns.len() as i64);
             let p = worker.products(&queries[block.rows.clone()], &columns)?;

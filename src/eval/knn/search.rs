@@ -8,8 +8,9 @@ use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
 use super::exact::Rows;
-use super::scan::{Candidate, Element};
-use super::select::{ColumnOrder, RowSelect};
+use super::scan::Element;
+use super::select::{Candidate, ColumnOrder, RowSelect};
+use super::threads::on_threads;
 use super::{bound, check_inputs, KnnOptions, Precision};
 use crate::error::{HistError, Result};
 
@@ -84,10 +85,8 @@ impl<'a> Search<'a> {
     /// Runs `per_row` on every query and hands each chunk's results, in query order, to
     /// `per_chunk` with the chunk's first query.
     ///
-    /// The queries of a chunk are split over libtorch's thread count, and each worker
-    /// computes its own products single-threaded: with libtorch's OpenMP threads doing
-    /// the products, they would spin-wait (for milliseconds) after every one, on the
-    /// cores the host work needs.
+    /// The queries of a chunk are split over libtorch's thread count ([`on_threads`]), and
+    /// each worker computes its own products single-threaded.
     pub(super) fn run<R, F, V>(&self, per_row: F, mut per_chunk: V) -> Result<()>
     where
         R: Send,
@@ -97,56 +96,24 @@ impl<'a> Search<'a> {
         let _guard = tch::no_grad_guard();
         let (n, g) = (self.queries.size()[0] as usize, self.shared.gallery.len());
         let workers = tch::get_num_threads().max(1) as usize;
-        // Workers set libtorch's thread count to 1, which also sets MKL's global count.
-        let _restore = ThreadCount(tch::get_num_threads());
         let mut start = 0;
         while start < n {
             let m = (self.chunk as usize).min(n - start);
             let threads = if m * g < PARALLEL_MIN { 1 } else { workers.min(m) };
-            let results = if threads == 1 {
-                part(&self.shared, self.kind, &self.queries.narrow(0, start as i64, m as i64), &self.gallery_t, start, &per_row)?
-            } else {
-                let per_thread = m.div_ceil(threads);
-                let parts: Vec<(usize, Tensor, Tensor)> = (0..m)
-                    .step_by(per_thread)
-                    .map(|a| {
-                        let rows = per_thread.min(m - a);
-                        (start + a, self.queries.narrow(0, (start + a) as i64, rows as i64), self.gallery_t.shallow_clone())
-                    })
-                    .collect();
-                let (shared, kind, per_row) = (&self.shared, self.kind, &per_row);
-                std::thread::scope(|s| -> Result<Vec<R>> {
-                    let handles: Vec<_> = parts
-                        .into_iter()
-                        .map(|(first, queries, gallery_t)| {
-                            s.spawn(move || {
-                                tch::set_num_threads(1);
-                                let _guard = tch::no_grad_guard();
-                                part(shared, kind, &queries, &gallery_t, first, per_row)
-                            })
-                        })
-                        .collect();
-                    let mut all = Vec::with_capacity(m);
-                    for handle in handles {
-                        // A panic in a worker is a bug here, not bad input: pass it on.
-                        all.extend(handle.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?);
-                    }
-                    Ok(all)
-                })?
-            };
-            per_chunk(start, results)?;
+            let per_thread = m.div_ceil(threads);
+            let parts: Vec<(usize, Tensor, Tensor)> = (0..m)
+                .step_by(per_thread)
+                .map(|a| {
+                    let rows = per_thread.min(m - a);
+                    (start + a, self.queries.narrow(0, (start + a) as i64, rows as i64), self.gallery_t.shallow_clone())
+                })
+                .collect();
+            let (shared, kind, per_row) = (&self.shared, self.kind, &per_row);
+            let results = on_threads(parts, |(first, queries, gallery_t)| part(shared, kind, &queries, &gallery_t, first, per_row))?;
+            per_chunk(start, results.into_iter().flatten().collect())?;
             start += m;
         }
         Ok(())
-    }
-}
-
-/// Puts libtorch's thread count back when dropped.
-pub(super) struct ThreadCount(pub(super) i32);
-
-impl Drop for ThreadCount {
-    fn drop(&mut self) {
-        tch::set_num_threads(self.0);
     }
 }
 

@@ -16,7 +16,17 @@
 use std::cmp::Ordering;
 use std::ops::Range;
 
-use super::scan::{Candidate, Element};
+use super::scan::Element;
+
+/// A gallery entry that may belong among a query's nearest: its position and its
+/// similarity from the matrix product.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Candidate {
+    /// Gallery position.
+    pub pos: u32,
+    /// Similarity from the product (within the error bound of the exact one).
+    pub approx: f64,
+}
 
 /// Sample threshold rank for large k: the sample's ⌈1.5·k/stride⌉-th largest value with
 /// stride ⌊k / 32⌋, so about 1.5·k entries of the full row reach it, and fewer than k
@@ -132,12 +142,14 @@ pub(super) struct RowSelect {
     /// t_s: set by the sample tile (−∞ when every entry is a candidate); NaN before.
     threshold: f64,
     found: Vec<Candidate>,
+    /// Tile columns at or above the cut, reused from tile to tile.
+    hits: Vec<u32>,
 }
 
 impl RowSelect {
     /// A query needing its `k` nearest (at most the entries left to it), never `own`.
     pub(super) fn new(own: Option<usize>, k: usize) -> RowSelect {
-        RowSelect { own: own.map(|p| p as u32), k, threshold: f64::NAN, found: Vec::new() }
+        RowSelect { own: own.map(|p| p as u32), k, threshold: f64::NAN, found: Vec::new(), hits: Vec::new() }
     }
 
     /// Takes in the products `values` of the tile over `columns`; the first tile must be
@@ -154,19 +166,16 @@ impl RowSelect {
             self.threshold = if scratch.len() >= rank { largest(scratch, rank) } else { f64::NEG_INFINITY };
         }
         let cut = self.threshold - 2.0 * delta;
-        let before = self.found.len();
-        E::collect_at_least(values, cut, &mut self.found);
+        self.hits.clear();
+        // The kind's cut may let a few entries just below `cut` through: checked below.
+        E::mark(values, E::floor_of(cut), None, &mut self.hits, &mut Vec::new());
         // Tile columns to gallery positions; drop the own entry and any just below the cut.
-        let mut kept = before;
-        for i in before..self.found.len() {
-            let mut c = self.found[i];
-            c.pos = order.positions[columns.start + c.pos as usize];
+        for &j in &self.hits {
+            let c = Candidate { pos: order.positions[columns.start + j as usize], approx: values[j as usize].value() };
             if c.approx >= cut && Some(c.pos) != self.own {
-                self.found[kept] = c;
-                kept += 1;
+                self.found.push(c);
             }
         }
-        self.found.truncate(kept);
     }
 
     /// The candidates once every tile is in, or `None` when the sample threshold was too

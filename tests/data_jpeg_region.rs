@@ -16,7 +16,7 @@ use hist::data::pipeline::geometry::{random_resized_crop, CropBox};
 use hist::data::pipeline::normalize::Normalizer;
 use hist::data::pipeline::resample::Resampler;
 use hist::data::pipeline::{
-    decode_bytes, decode_bytes_region, decode_file, decode_file_region, jpeg_decoder, BatchPlan, FileSet, ImageJob, ImageOp,
+    decode_bytes, decode_bytes_region, decode_file, decode_file_region, jpeg_decoder, BatchPlan, LIBJPEG, FileSet, ImageJob, ImageOp,
     Loader, PipelineSpec,
 };
 use image::RgbImage;
@@ -67,10 +67,6 @@ fn jpegs() -> (tempfile::TempDir, Vec<PathBuf>) {
     (dir, paths)
 }
 
-fn libjpeg_built_in() -> bool {
-    jpeg_decoder().starts_with("libjpeg")
-}
-
 /// `region` of `image`, as its own image.
 fn cut(image: &RgbImage, region: CropBox) -> RgbImage {
     image::imageops::crop_imm(image, region.left, region.top, region.width, region.height).to_image()
@@ -98,7 +94,7 @@ fn boxes(width: u32, height: u32, seed: u64) -> Vec<CropBox> {
 #[test]
 fn region_decoding_equals_whole_decoding_then_cropping() {
     let (_dir, paths) = jpegs();
-    let libjpeg = libjpeg_built_in();
+    let libjpeg = LIBJPEG;
     eprintln!("decoder: {}", jpeg_decoder());
     let mut checked = 0;
     for (k, path) in paths.iter().enumerate() {
@@ -212,7 +208,7 @@ fn the_train_transform_sees_the_same_pixels_as_after_a_whole_decode() {
 fn bad_files(dir: &Path, good: &[u8]) -> Vec<(PathBuf, &'static str)> {
     // zune-jpeg (a build without libjpeg-turbo) accepts a file cut a few bytes before its
     // end, where PIL and libjpeg-turbo report it truncated.
-    let cut_at_the_end_fails = libjpeg_built_in();
+    let cut_at_the_end_fails = LIBJPEG;
     let write = |name: &str, bytes: &[u8]| {
         let p = dir.join(name);
         std::fs::write(&p, bytes).expect("write");

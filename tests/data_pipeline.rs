@@ -10,7 +10,7 @@ use hist::config::{BadImagePolicy, InputConvention};
 use hist::data::pipeline::geometry::CropBox;
 use hist::data::pipeline::normalize::Normalizer;
 use hist::data::pipeline::resample::Resampler;
-use hist::data::pipeline::{decode_file, jpeg_decoder, BatchPlan, FileSet, ImageJob, ImageOp, Loader, PipelineSpec};
+use hist::data::pipeline::{decode_file, jpeg_decoder, BatchPlan, LIBJPEG, FileSet, ImageJob, ImageOp, Loader, PipelineSpec};
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
@@ -90,7 +90,7 @@ fn is_png(name: &str) -> bool {
 /// the system libjpeg-turbo, PIL's own decoder with the same defaults (islow IDCT, fancy
 /// upsampling), rather than zune-jpeg.
 fn decodes_exactly(name: &str) -> bool {
-    is_png(name) || jpeg_decoder().starts_with("libjpeg")
+    is_png(name) || LIBJPEG
 }
 
 // Reference (pipeline_ref.py test): PIL open + convert("RGB") → Resize(256) → CenterCrop(224)

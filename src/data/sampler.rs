@@ -11,12 +11,14 @@
 //! batches and flips never share draws and turning flips off leaves the batches unchanged
 //! (see `data::streams`).
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rand::seq::index::sample;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::streams::{self, stream_rng};
+
 use crate::error::{HistError, Result};
 
 /// The class-balanced batch plan of one training split.
@@ -58,13 +60,7 @@ impl BalancedSampler {
                 by_class.len()
             )));
         }
-        let steps = labels.len() / batch_size;
-        if steps == 0 {
-            return Err(bad(format!(
-                "{} images, fewer than one batch of {batch_size}; lower data.batch_size",
-                labels.len()
-            )));
-        }
+        let steps = whole_batches(labels.len(), batch_size)?;
         Ok(BalancedSampler { by_class, batch_size, ipc, seed, steps })
     }
 
@@ -103,37 +99,65 @@ fn flips(seed: u64, epoch: usize, step: usize, n: usize) -> Vec<bool> {
     (0..n).map(|_| rng.random_bool(0.5)).collect()
 }
 
+/// Batches per epoch, ⌊images / batch_size⌋ (a last partial batch is dropped); an
+/// error when not even one batch fits.
+fn whole_batches(images: usize, batch_size: usize) -> Result<usize> {
+    match images.checked_div(batch_size) {
+        Some(steps) if steps > 0 => Ok(steps),
+        _ => Err(HistError::Data {
+            path: "training split".into(),
+            message: format!("{images} images, fewer than one batch of {batch_size}; lower data.batch_size"),
+        }),
+    }
+}
+
+/// An epoch and its permutation of the training images.
+type EpochOrder = (usize, Arc<[usize]>);
+
 /// Plain random batches: each epoch a fresh permutation of all training images.
 #[derive(Debug, Clone)]
 pub struct RandomSampler {
     images: usize,
     batch_size: usize,
     seed: u64,
+    steps: usize,
+    /// The latest epoch's permutation: each step asks for its batch (the trainer and the
+    /// loader both), and reshuffling every image each time would be O(images) per batch.
+    order: Arc<Mutex<Option<EpochOrder>>>,
 }
 
 impl RandomSampler {
     /// Errors when there are fewer images than one batch.
     pub fn new(images: usize, batch_size: usize, seed: u64) -> Result<Self> {
-        if batch_size == 0 || images < batch_size {
-            return Err(HistError::Data {
-                path: "training split".into(),
-                message: format!("{images} images, fewer than one batch of {batch_size}; lower data.batch_size"),
-            });
-        }
-        Ok(RandomSampler { images, batch_size, seed })
+        let steps = whole_batches(images, batch_size)?;
+        Ok(RandomSampler { images, batch_size, seed, steps, order: Arc::default() })
     }
 
     /// Batches per epoch: ⌊images / batch_size⌋ (the last partial batch is dropped).
     pub fn steps_per_epoch(&self) -> usize {
-        self.images / self.batch_size
+        self.steps
     }
 
     /// Indices of batch `step` of `epoch`: positions [step·B, (step+1)·B) of the epoch's
     /// permutation, so an epoch visits every image at most once.
     pub fn batch(&self, epoch: usize, step: usize) -> Vec<usize> {
+        self.epoch_order(epoch)[step * self.batch_size..(step + 1) * self.batch_size].to_vec()
+    }
+
+    /// The permutation of `epoch`, shuffled once per epoch.
+    fn epoch_order(&self, epoch: usize) -> Arc<[usize]> {
+        // The cache only ever holds a finished permutation, so a poisoned lock is usable.
+        let mut cache = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((cached, order)) = cache.as_ref() {
+            if *cached == epoch {
+                return Arc::clone(order);
+            }
+        }
         let mut order: Vec<usize> = (0..self.images).collect();
         order.shuffle(&mut stream_rng(&[self.seed, streams::BATCH, epoch as u64]));
-        order[step * self.batch_size..(step + 1) * self.batch_size].to_vec()
+        let order: Arc<[usize]> = order.into();
+        *cache = Some((epoch, Arc::clone(&order)));
+        order
     }
 }
 
@@ -165,11 +189,14 @@ impl Sampler {
 
     /// Horizontal-flip decisions for the `n` images of batch `step` of `epoch`.
     pub fn flips(&self, epoch: usize, step: usize, n: usize) -> Vec<bool> {
-        let seed = match self {
+        flips(self.seed(), epoch, step, n)
+    }
+
+    fn seed(&self) -> u64 {
+        match self {
             Sampler::Balanced(s) => s.seed,
             Sampler::Random(s) => s.seed,
-        };
-        flips(seed, epoch, step, n)
+        }
     }
 }
 

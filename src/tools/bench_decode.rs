@@ -17,7 +17,6 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::config::{BadImagePolicy, InputConvention};
-use crate::data::pipeline::geometry::CropBox;
 use crate::data::pipeline::normalize::Normalizer;
 use crate::data::pipeline::resample::Resampler;
 use crate::data::pipeline::{decode_bytes, decode_bytes_region, jpeg_decoder, BatchPlan, FileSet, ImageJob, ImageOp, Loader, PipelineSpec};
@@ -151,8 +150,7 @@ fn time_components(files: &FileSet, spec: &PipelineSpec) -> Result<serde_json::V
     let (side, mut resized) = (spec.train_crop, Vec::with_capacity(n));
     let t = Instant::now();
     for (i, (image, region)) in regions.iter().enumerate() {
-        let out = resampler.crop_resize(image, *region, side, side).map_err(bad(i))?;
-        resized.push((out, CropBox::full(side, side), i % 2 == 0));
+        resized.push(spec.train_resample(image, *region, i % 2 == 0, &mut resampler).map_err(bad(i))?);
     }
     let resample = t.elapsed().as_secs_f64();
     let mut out = vec![0f32; 3 * side as usize * side as usize];

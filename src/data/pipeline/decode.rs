@@ -38,6 +38,9 @@ const TRUNCATED: &str = "the JPEG data ends early (truncated file)";
 /// What to tell the user to do about a file that cannot be used.
 const FIX: &str = "fix or remove the file, or set data.on_bad_image: skip to leave it out";
 
+/// Whether this build decodes JPEG with the system libjpeg-turbo (regions and all).
+pub const LIBJPEG: bool = cfg!(hist_libjpeg);
+
 /// Which JPEG decoder this build uses, for reports.
 pub fn jpeg_decoder() -> String {
     #[cfg(hist_libjpeg)]

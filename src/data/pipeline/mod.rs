@@ -13,7 +13,7 @@ pub mod spec;
 pub mod split;
 pub mod train_batches;
 
-pub use decode::{decode_bytes, decode_bytes_region, decode_file, decode_file_region, jpeg_decoder};
+pub use decode::{decode_bytes, decode_bytes_region, decode_file, decode_file_region, jpeg_decoder, LIBJPEG};
 pub use loader::{BatchPlan, ImageJob, LoadedBatch, Loader, SkippedImage};
 pub use spec::{ImageOp, PipelineSpec};
 pub use split::{Dataset, FileSet, SplitImages};

@@ -152,7 +152,7 @@ impl PipelineSpec {
     }
 
     /// `region` of `image` resized to the training crop.
-    fn train_resample(&self, image: &RgbImage, region: CropBox, flip: bool, resampler: &mut Resampler) -> std::result::Result<Resampled, String> {
+    pub fn train_resample(&self, image: &RgbImage, region: CropBox, flip: bool, resampler: &mut Resampler) -> std::result::Result<Resampled, String> {
         let side = self.train_crop;
         Ok((resampler.crop_resize(image, region, side, side)?, CropBox::full(side, side), flip))
     }

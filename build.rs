@@ -29,7 +29,7 @@ fn main() {
 /// torch-sys uses for its own wrapper (C++17, the C++11 ABI of the PyPI wheels); ~12 s of one
 /// core per file.
 fn compile_csrc(libtorch: &Path) {
-    const SOURCES: [&str; 2] = ["csrc/sync_batch_norm.cpp", "csrc/amp.cpp"];
+    const SOURCES: [&str; 3] = ["csrc/sync_batch_norm.cpp", "csrc/amp.cpp", "csrc/ffi_message.cpp"];
     for source in SOURCES.iter().chain(&["csrc/ffi_message.h"]) {
         println!("cargo:rerun-if-changed={source}");
     }

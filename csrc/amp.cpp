@@ -11,7 +11,6 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "ffi_message.h"
@@ -24,9 +23,12 @@ constexpr int32_t kDeviceCuda = 1;
 constexpr int32_t kDtypeBf16 = 0;
 constexpr int32_t kDtypeFp16 = 1;
 
+// For codes already checked (or from Rust's own enum): never throws.
+at::DeviceType to_type(int32_t code) { return code == kDeviceCpu ? at::kCPU : at::kCUDA; }
+
 at::DeviceType device_type(int32_t code) {
   TORCH_CHECK(code == kDeviceCpu || code == kDeviceCuda, "autocast: unknown device code ", code);
-  return code == kDeviceCpu ? at::kCPU : at::kCUDA;
+  return to_type(code);
 }
 
 at::ScalarType dtype_of(int32_t code) {
@@ -66,7 +68,7 @@ extern "C" char* hist_autocast_enter(int32_t device, int32_t dtype, HistAutocast
 // torch.autocast.__exit__: leaving the outermost region frees the cached weight casts;
 // the previous state is restored. Cannot fail for a device that hist_autocast_enter took.
 extern "C" void hist_autocast_exit(int32_t device, const HistAutocastPrevious* previous) {
-  const auto type = device == kDeviceCpu ? at::kCPU : at::kCUDA;
+  const auto type = to_type(device);
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
   at::autocast::set_autocast_enabled(type, previous->enabled);
   at::autocast::set_autocast_dtype(type, static_cast<at::ScalarType>(previous->dtype));
@@ -74,7 +76,7 @@ extern "C" void hist_autocast_exit(int32_t device, const HistAutocastPrevious* p
 
 // Whether autocast is on for `device` on this thread.
 extern "C" bool hist_autocast_is_enabled(int32_t device) {
-  return at::autocast::is_autocast_enabled(device == kDeviceCpu ? at::kCPU : at::kCUDA);
+  return at::autocast::is_autocast_enabled(to_type(device));
 }
 
 // GradScaler.unscale_'s kernel: multiplies every gradient by `inv_scale` (a 1-element float
@@ -95,5 +97,3 @@ extern "C" char* hist_amp_unscale(const at::Tensor* const* grads, size_t count, 
   }
 }
 
-// Frees a message returned by the functions above.
-extern "C" void hist_amp_free_message(char* message) { std::free(message); }

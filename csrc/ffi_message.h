@@ -1,5 +1,5 @@
 // Error messages handed across the C boundary to Rust: a malloc'ed copy the Rust side
-// frees through the owning file's *_free_message entry point.
+// frees through hist_free_message (ffi_message.cpp; src/ffi_message.rs).
 #pragma once
 
 #include <cstdlib>

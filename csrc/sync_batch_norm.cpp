@@ -2,7 +2,7 @@
 //
 // tch exposes no custom autograd Function and no tensor hooks, yet an exact SyncBatchNorm
 // needs a collective *inside* the backward pass: the per-channel sums of the output
-// gradient over every rank. This file is the only C++ in hist: a Function whose forward and
+// gradient over every rank. This file holds a Function whose forward and
 // backward call back into Rust (src/dist/sync_bn.rs) for the two collectives. The math is
 // the Rust side's to document; the statistics are combined as torch.nn.SyncBatchNorm does.
 #include <ATen/ATen.h>
@@ -10,7 +10,6 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "ffi_message.h"
@@ -181,7 +180,7 @@ struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
 }  // namespace
 
 // Applies sync BatchNorm; on success stores a new tensor in *out (the caller owns it) and
-// returns null, otherwise returns an error message to free with hist_sync_bn_free_message.
+// returns null, otherwise returns an error message to free with hist_free_message.
 // `slot` carries one reference that this function takes over, released through `release`.
 extern "C" char* hist_sync_bn_forward(const at::Tensor* x, const at::Tensor* weight, const at::Tensor* bias,
                                       const at::Tensor* running_mean, const at::Tensor* running_var,
@@ -203,4 +202,4 @@ extern "C" char* hist_sync_bn_forward(const at::Tensor* x, const at::Tensor* wei
 extern "C" void hist_sync_bn_assign(at::Tensor* dst, const at::Tensor* src) { *dst = *src; }
 
 // Frees a message returned by hist_sync_bn_forward.
-extern "C" void hist_sync_bn_free_message(char* message) { std::free(message); }
+

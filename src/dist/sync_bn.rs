@@ -12,7 +12,7 @@
 //! The layer reaches the process group through [`with_sync_bn`], which attaches it to this
 //! thread's slot for the duration of a closure. Each autograd node keeps the slot alive,
 //! not the thread: on CUDA, backward runs on the autograd engine's device thread.
-use std::ffi::{c_void, CStr};
+use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -159,10 +159,8 @@ pub fn sync_batch_norm(
             &mut out,
         )
     };
-    if !message.is_null() {
-        // SAFETY: a NUL-terminated string from hist_sync_bn_forward, freed once here.
-        let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
-        unsafe { ffi::hist_sync_bn_free_message(message) };
+    // SAFETY: null or a message from hist_sync_bn_forward, taken once here.
+    if let Some(text) = unsafe { crate::ffi_message::take(message) } {
         return Err(HistError::Dist(format!("sync BatchNorm of a {:?} input: {text}", x.size())));
     }
     // SAFETY: on success `out` is a tensor allocated for us (see above).
@@ -247,6 +245,5 @@ mod ffi {
             out: *mut *mut c_void,
         ) -> *mut c_char;
         pub fn hist_sync_bn_assign(dst: *mut c_void, src: *const c_void);
-        pub fn hist_sync_bn_free_message(message: *mut c_char);
     }
 }

@@ -4,9 +4,9 @@
 //! (convolutions, linear) to the reduced type and keeps reductions and norms where its
 //! per-device lists say; the weights' casts are cached until the outermost region ends.
 //! Autocast state is per thread, like the grad mode.
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
-use tch::{Device, Kind};
+use tch::Device;
 
 use crate::error::{HistError, Result};
 
@@ -47,13 +47,6 @@ pub enum AutocastDtype {
 }
 
 impl AutocastDtype {
-    /// The libtorch kind.
-    pub fn kind(self) -> Kind {
-        match self {
-            AutocastDtype::Bf16 => Kind::BFloat16,
-            AutocastDtype::Fp16 => Kind::Half,
-        }
-    }
 
     /// The code csrc/amp.cpp expects.
     fn code(self) -> i32 {
@@ -113,13 +106,11 @@ pub fn with_autocast<T>(autocast: Option<Autocast>, f: impl FnOnce() -> T) -> Re
 /// # Safety
 /// `message` must be null or a message returned by csrc/amp.cpp that nothing else frees.
 pub(crate) unsafe fn amp_result(message: *mut c_char, what: &str) -> Result<()> {
-    if message.is_null() {
-        return Ok(());
+    // SAFETY: the contract above is ffi_message::take's.
+    match unsafe { crate::ffi_message::take(message) } {
+        None => Ok(()),
+        Some(text) => Err(HistError::Torch(tch::TchError::Torch(format!("{what}: {text}")))),
     }
-    // SAFETY: per the contract, a NUL-terminated string from malloc, freed once here.
-    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
-    unsafe { ffi::hist_amp_free_message(message) };
-    Err(HistError::Torch(tch::TchError::Torch(format!("{what}: {text}"))))
 }
 
 /// csrc/amp.cpp's entry points.
@@ -140,6 +131,5 @@ pub(crate) mod ffi {
         pub fn hist_autocast_exit(device: i32, previous: *const Previous);
         pub fn hist_autocast_is_enabled(device: i32) -> bool;
         pub fn hist_amp_unscale(grads: *const *const c_void, count: usize, found_inf: *mut c_void, inv_scale: *const c_void) -> *mut c_char;
-        pub fn hist_amp_free_message(message: *mut c_char);
     }
 }

@@ -96,7 +96,8 @@ impl GradScaler {
         let device = first.device();
         let inv_scale = (1.0 / f64::from(self.scale)) as f32;
         let mut found_inf = Tensor::zeros([1], (Kind::Float, device));
-        let inv = Tensor::from_slice(&[inv_scale]).to_device(device);
+        // Filled on the device: no host-to-device copy per step.
+        let inv = Tensor::full([1], f64::from(inv_scale), (Kind::Float, device));
         let ptrs: Vec<*const c_void> = grads.iter().map(|g| g.as_ptr().cast()).collect();
         // SAFETY: every pointer is a live at::Tensor borrowed for the call; the kernel
         // writes into the gradients' storage and `found_inf`, which this function owns.

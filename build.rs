@@ -1,7 +1,7 @@
 //! Embeds an rpath to libtorch so the binaries run without LD_LIBRARY_PATH, keeps
 //! libtorch_cuda linked (the linker's --as-needed would drop it, hiding CUDA at run time),
-//! and compiles csrc/: the sync BatchNorm autograd Function and the mixed-precision entry
-//! points (docs/architecture.md).
+//! and compiles csrc/: the sync BatchNorm and HIST-distance autograd Functions and the
+//! mixed-precision entry points (docs/architecture.md).
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -21,15 +21,40 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
-    compile_csrc(Path::new(&libtorch));
+    let openmp = openmp_runtime(&lib_dir);
+    match &openmp {
+        Some(name) => {
+            println!("cargo:rustc-link-search=native={}", lib_dir.display());
+            println!("cargo:rustc-link-lib=dylib:+verbatim={name}");
+        }
+        None => println!(
+            "cargo:warning=no libgomp next to libtorch in {}: the HIST loss's fused CPU loops (csrc/mahalanobis.cpp) will run on one thread",
+            lib_dir.display()
+        ),
+    }
+    compile_csrc(Path::new(&libtorch), openmp.is_some());
     compile_jpeg_region();
+}
+
+/// The OpenMP runtime libtorch's own parallel loops use (the PyPI wheels ship libgomp.so.1;
+/// libtorch archives a hashed libgomp-*.so.1), linked by file name so that csrc/'s
+/// at::parallel_for shares libtorch's threads and `set_num_threads` instead of starting a
+/// second runtime.
+fn openmp_runtime(lib_dir: &Path) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(lib_dir)
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("libgomp") && name.contains(".so"))
+        .collect();
+    names.sort();
+    names.into_iter().next()
 }
 
 /// Builds csrc/*.cpp into one static library against libtorch's headers with the flags
 /// torch-sys uses for its own wrapper (C++17, the C++11 ABI of the PyPI wheels); ~12 s of one
 /// core per file.
-fn compile_csrc(libtorch: &Path) {
-    const SOURCES: [&str; 3] = ["csrc/sync_batch_norm.cpp", "csrc/amp.cpp", "csrc/ffi_message.cpp"];
+fn compile_csrc(libtorch: &Path, openmp: bool) {
+    const SOURCES: [&str; 4] = ["csrc/sync_batch_norm.cpp", "csrc/amp.cpp", "csrc/mahalanobis.cpp", "csrc/ffi_message.cpp"];
     for source in SOURCES.iter().chain(&["csrc/ffi_message.h"]) {
         println!("cargo:rerun-if-changed={source}");
     }
@@ -37,13 +62,24 @@ fn compile_csrc(libtorch: &Path) {
     // torch-sys's variable and default, so both halves agree on std::string's layout.
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
     let include = libtorch.join("include");
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    // at::parallel_for is inline OpenMP in the PyPI builds: without -fopenmp it runs serially.
+    if openmp {
+        build.flag("-fopenmp");
+    }
+    build
         .cpp(true)
         .pic(true)
+        // The loss's fused loops (csrc/mahalanobis.cpp) want the vectoriser whatever the
+        // profile's opt-level.
+        .opt_level(3)
         .warnings(false)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
+        // No fused multiply-adds the source does not write: the vector clones of
+        // csrc/mahalanobis.cpp (with and without FMA) must round alike.
+        .flag("-ffp-contract=off")
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
         .define("GLOG_USE_GLOG_EXPORT", None)
         .files(SOURCES)

@@ -1,7 +1,7 @@
 //! The HIST loss: L = L_ds + ls · CE(HGNN(x, H), y) (design §2).
 use tch::{nn, Kind, Reduction, Tensor};
 
-use super::distances::{inverse_variances, l2_normalize, mahalanobis_sq};
+use super::distances::{l2_normalize, mahalanobis_sq};
 use super::hgnn::{hgnn_forward, Hgnn, HgnnWeights};
 use super::hypergraph::incidence;
 use super::prototypes::Prototypes;
@@ -47,8 +47,7 @@ pub struct HistTensors<'a> {
 /// placed samples; keeping them keeps their gradient, which is the point of the loss.
 pub fn hist_loss(x: &Tensor, labels: &Tensor, t: HistTensors<'_>, hyper: HistHyper) -> LossTerms {
     let x_hat = l2_normalize(x);
-    let inv_var = inverse_variances(t.log_vars);
-    let d = mahalanobis_sq(&x_hat, t.means, &inv_var);
+    let d = mahalanobis_sq(&x_hat, t.means, t.log_vars);
 
     let ds = (&d * (-hyper.tau)).cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0);
 

@@ -4,8 +4,9 @@
 // tch 0.24 can switch autocast on for CUDA only and cannot choose its dtype (bf16 vs fp16),
 // which needs at::autocast::set_autocast_dtype; GradScaler's unscale kernel
 // (at::_amp_foreach_non_finite_check_and_unscale_) takes a tensor list tch does not wrap.
-// Three extern "C" functions: enter and leave an autocast region exactly as Python's
-// torch.autocast.__enter__/__exit__ do, and unscale a list of gradients.
+// extern "C" functions: enter and leave an autocast region exactly as Python's
+// torch.autocast.__enter__/__exit__ do, unscale a list of gradients, and choose CUDA's
+// float32 precision (tch exposes neither fp32_precision switch).
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 
@@ -97,3 +98,21 @@ extern "C" char* hist_amp_unscale(const at::Tensor* const* grads, size_t count, 
   }
 }
 
+
+// torch.backends.cudnn.conv.fp32_precision = "tf32" or "ieee", and
+// torch.backends.cuda.matmul.fp32_precision = "ieee" (PyTorch's defaults are tf32 and
+// ieee). Matrix products stay IEEE even under TORCH_ALLOW_TF32_CUBLAS_OVERRIDE: the
+// evaluation's exact ranking bounds float32 rounding. Returns null or an error message.
+extern "C" char* hist_set_cuda_float32_precision(bool tf32_convolutions) {
+  try {
+    auto& context = at::globalContext();
+    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV,
+                                tf32_convolutions ? at::Float32Precision::TF32 : at::Float32Precision::IEEE);
+    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::IEEE);
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return hist_ffi::copy_message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return hist_ffi::copy_message(e.what());
+  }
+}

@@ -75,6 +75,15 @@ fn a_checkpoint_scores_as_the_trainer_logged_on_one_and_two_ranks() {
     let final_params = run_dir.join("final.safetensors");
     assert_eq!(json(&ok_stdout(HIST, &["eval", "--checkpoint", final_params.to_str().unwrap(), "--json"])), report);
 
+    // The config of a GPU run (device cuda:0, dist.backend nccl) evaluated with --device cpu:
+    // the backend gives way to the device, and the report is the same.
+    let gpu_config = tmp.path().join("gpu-config.yaml");
+    let yaml = std::fs::read_to_string(run_dir.join("config.yaml")).expect("config.yaml");
+    assert!(yaml.contains("device: cpu") && yaml.contains("backend: auto"), "config.yaml layout:\n{yaml}");
+    std::fs::write(&gpu_config, yaml.replace("device: cpu", "device: cuda:0").replace("backend: auto", "backend: nccl")).expect("write");
+    let moved_device = ok_stdout(HIST, &["eval", "--checkpoint", final_params.to_str().unwrap(), gpu_config.to_str().unwrap(), "--device", "cpu", "--json"]);
+    assert_eq!(json(&moved_device), report, "a GPU run's config evaluated on the CPU");
+
     // The saved embeddings give the identical report.
     assert_eq!(json(&ok_stdout(HIST, &["eval", "--embeddings", saved.to_str().unwrap(), "--json"])), report);
 

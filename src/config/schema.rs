@@ -18,6 +18,10 @@ pub struct Config {
     /// Where tensors live: `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// CUDA only: convolutions may use TF32 tensor cores (PyTorch's default); false keeps
+    /// them IEEE float32, e.g. to compare a GPU run with a CPU run.
+    #[serde(default = "default_true")]
+    pub tf32: bool,
     /// Data source, batch shape and sampling.
     pub data: DataConfig,
     /// Backbone and embedding head.

@@ -130,6 +130,7 @@ pub(crate) mod ffi {
         pub fn hist_autocast_enter(device: i32, dtype: i32, previous: *mut Previous) -> *mut c_char;
         pub fn hist_autocast_exit(device: i32, previous: *const Previous);
         pub fn hist_autocast_is_enabled(device: i32) -> bool;
+        pub fn hist_set_cuda_float32_precision(tf32_convolutions: bool) -> *mut c_char;
         pub fn hist_amp_unscale(grads: *const *const c_void, count: usize, found_inf: *mut c_void, inv_scale: *const c_void) -> *mut c_char;
     }
 }

@@ -1,9 +1,21 @@
-//! What `model.channels_last` and `train.autocast` amount to on the run's device: both
-//! apply on CUDA only; a CPU run keeps contiguous float32 and says so once.
+//! What `model.channels_last`, `train.autocast` and `tf32` amount to on the run's device:
+//! all apply on CUDA only; a CPU run keeps contiguous float32 and says so once.
 use tch::Device;
 
-use super::autocast::{Autocast, AutocastDevice, AutocastDtype};
+use super::autocast::{amp_result, ffi, Autocast, AutocastDevice, AutocastDtype};
 use crate::config::{AutocastMode, Config, DType};
+use crate::error::Result;
+
+/// Sets libtorch's float32 precision for CUDA: convolutions on TF32 tensor cores when
+/// `tf32_convolutions` (the config's `tf32`, PyTorch's default), IEEE float32 otherwise;
+/// matrix products IEEE float32 always (PyTorch's default, which the evaluation's exact
+/// ranking relies on). Process-wide; call it before the first CUDA operation.
+pub fn set_cuda_float32_precision(tf32_convolutions: bool) -> Result<()> {
+    // SAFETY: no arguments but a bool; the message, if any, is taken by amp_result.
+    let message = unsafe { ffi::hist_set_cuda_float32_precision(tf32_convolutions) };
+    // SAFETY: null or a message from hist_set_cuda_float32_precision, taken once.
+    unsafe { amp_result(message, "cannot set CUDA's float32 precision") }
+}
 
 /// The memory format and autocast a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -14,7 +14,7 @@ use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
 use crate::checkpoint::CheckpointStore;
-use crate::config::{load_config, load_config_str, Config, ConfigSource};
+use crate::config::{load_config, load_config_str, Config, ConfigSource, DistBackend};
 use crate::data::pipeline::PipelineSpec;
 use crate::dist::env::DistEnv;
 use crate::dist::process_group::ProcessGroup;
@@ -152,6 +152,26 @@ fn save_embeddings(path: &Path, test: &EmbeddedTest) -> Result<()> {
     Tensor::write_safetensors(&named, path).map_err(|e| HistError::Io { path: path.to_path_buf(), message: format!("cannot write the embeddings: {e}") })
 }
 
+/// The training run chose `dist.backend` for its own device (nccl for a GPU run); when
+/// `--device` moves the evaluation to a device that backend cannot serve, `auto` picks the
+/// one that can, and the switch is said on stderr.
+fn fit_backend_to_device(config: &mut Config) {
+    let on_cuda = config.device.starts_with("cuda");
+    let misfit = match config.dist.backend {
+        DistBackend::Nccl => !on_cuda,
+        DistBackend::Cpu => on_cuda,
+        DistBackend::Auto => false,
+    };
+    if misfit {
+        eprintln!(
+            "dist.backend {} of the training config cannot serve --device {}; evaluating with dist.backend auto",
+            format!("{:?}", config.dist.backend).to_lowercase(),
+            config.device
+        );
+        config.dist.backend = DistBackend::Auto;
+    }
+}
+
 /// Runs the command as one rank of the job the environment describes (one rank when
 /// started by hand); rank 0 prints the report.
 pub fn run(args: &CheckpointEvalArgs) -> Result<()> {
@@ -161,6 +181,7 @@ pub fn run(args: &CheckpointEvalArgs) -> Result<()> {
     let mut config = resolve_config(args, &weights)?;
     if let Some(device) = &args.device {
         config.device = device.clone();
+        fit_backend_to_device(&mut config);
     }
     let env = DistEnv::from_process_env()?;
     crate::progress::show_on_this_rank(env.rank == 0);

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::parse_device;
+use crate::model::precision::set_cuda_float32_precision;
 use crate::error::{HistError, Result};
 use crate::eval::kmeans::KMeansOptions;
 use crate::eval::knn::{KnnOptions, Precision};
@@ -128,6 +129,8 @@ pub fn evaluate_file(path: &Path, args: &EvalArgs) -> Result<EvalReport> {
         if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize {
             return Err(HistError::input("--device", format!("{} requested but not available on this machine; use --device cpu", args.device)));
         }
+        // No convolutions here; the products must be IEEE float32 for the exact ranking.
+        set_cuda_float32_precision(true)?;
     }
     let options = options(args)?;
     let input = load(path)?;

@@ -26,7 +26,7 @@ use crate::eval::retrieval::retrieval_metrics;
 use crate::eval::recall_at_k;
 use crate::eval::test_split::embed_test_split;
 use crate::loss::{HistHyper, HistLoss};
-use crate::model::precision::Precision;
+use crate::model::precision::{set_cuda_float32_precision, Precision};
 use crate::model::EmbeddingModel;
 use crate::progress::Progress;
 use crate::telemetry::hparams::SessionStatus;
@@ -84,16 +84,21 @@ pub struct TrainState {
 }
 
 /// Builds the model and loss for `train_classes` classes, seeded and in the config's dtype;
-/// on CUDA with `model.channels_last`, the backbone's weights channels-last.
+/// on CUDA with `model.channels_last`, the backbone's weights channels-last. The initial
+/// values are drawn on the CPU and then moved, so a seed starts a GPU run where it starts a
+/// CPU run (CUDA's generator would draw other numbers from the same seed).
 pub fn build_state(config: &Config, train_classes: i64, device: Device) -> TrainState {
     tch::manual_seed(config.seed as i64);
-    let vs = VarStore::new(device);
+    let vs = VarStore::new(Device::Cpu);
     let model = EmbeddingModel::new(&vs.root(), &config.model);
     let hyper = HistHyper { tau: config.loss.tau, alpha: config.loss.alpha, ls: config.loss.ls };
     let loss = HistLoss::new(&(vs.root() / "loss"), train_classes, config.model.embedding_dim, config.loss.hgnn_hidden, hyper);
     let mut state = TrainState { vs, model, loss };
     if config.dtype.kind() == Kind::Double {
         state.vs.double();
+    }
+    if device != Device::Cpu {
+        state.vs.set_device(device);
     }
     if Precision::resolve(config, device).channels_last {
         state.model.use_channels_last(&state.vs);
@@ -204,13 +209,15 @@ fn format_recall(r: &[(usize, f64)]) -> String {
     r.iter().map(|(k, v)| format!("R@{k} {v:.4}")).collect::<Vec<_>>().join("  ")
 }
 
-/// Resolves and checks the configured device.
+/// Resolves and checks the configured device; on CUDA, also sets float32 precision per
+/// the config's `tf32`.
 pub fn resolve_device(config: &Config) -> Result<Device> {
     let device = parse_device(&config.device).map_err(|m| HistError::config("device", m))?;
     if let Device::Cuda(i) = device {
         if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize {
             return Err(HistError::config("device", format!("{} requested but not available on this machine; use device: cpu", config.device)));
         }
+        set_cuda_float32_precision(config.tf32)?;
     }
     Ok(device)
 }

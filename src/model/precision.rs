@@ -59,3 +59,19 @@ impl Precision {
             .then(|| format!("model.channels_last and train.autocast apply on CUDA only; this CPU run uses contiguous {dtype}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libtorch accepts the switches without a GPU too (they are process-wide flags), and
+    /// libtorch's own float32 products still run afterwards.
+    #[test]
+    fn float32_precision_switches_are_accepted() {
+        for tf32 in [false, true] {
+            set_cuda_float32_precision(tf32).unwrap_or_else(|e| panic!("tf32 {tf32}: {e}"));
+        }
+        let a = tch::Tensor::ones([2, 2], (tch::Kind::Float, Device::Cpu));
+        assert_eq!(a.mm(&a).double_value(&[0, 0]), 2.0);
+    }
+}

@@ -213,7 +213,8 @@ def section(a, rows, started, load0, load1, torch_version):
              "measured in a second fresh process (see below).",
              "",
              "- **ours**: `hist bench-loss` (src/loss/, tch over libtorch); distances as "
-             "expanded products, G applied as row/column scalings.",
+             "expanded products in one autograd Function with a fused per-row backward "
+             "(csrc/mahalanobis.cpp), G applied as row/column scalings.",
              "- **materialising**: the authors' PyTorch code (code/hist.py of "
              "github.com/ljin0429/HIST) on the CPU: N×C×D difference tensor, dense diagonal "
              "matrices for G.",

@@ -17,7 +17,8 @@ Peak memory of a measured region = VmHWM − VmRSS, read from /proc/self/status 
 peak was reset to the current RSS by writing "5" to /proc/self/clear_refs (after warm-up,
 with the inputs allocated). Every subprocess runs with glibc's mmap threshold pinned
 (MALLOC_MMAP_THRESHOLD_), so freed tensors go back to the OS and the RSS follows the live
-tensors instead of malloc's retained heap.
+tensors instead of malloc's retained heap. The timed runs instead keep freed memory, every
+implementation with the settings `hist` gives itself (src/heap.rs).
 """
 import argparse
 import json
@@ -32,6 +33,10 @@ from bench_common import ROOT, git_rev, loadavg, machine, write_section
 
 SECTION = "## HIST loss"
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+# The timed runs, every implementation alike: the settings `hist` applies to itself
+# (src/heap.rs), so freed tensors are reused rather than page-faulted in again.
+RETAIN_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+              "MALLOC_TOP_PAD_": str(256 << 20)}
 SUB_BATCH_CAP_BYTES = 4 << 30  # the materialising run is sub-batched above this estimate
 
 
@@ -151,8 +156,7 @@ def worker(a):
 # ---------------------------------------------------------------- orchestration
 def run_json(cmd, threads, pin_malloc):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if pin_malloc:
-        env.update(MALLOC_ENV)
+    env.update(MALLOC_ENV if pin_malloc else RETAIN_ENV)
     out = subprocess.run([str(x) for x in cmd], cwd=ROOT, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"bench_loss: {' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stderr}")
@@ -263,7 +267,7 @@ def section(a, rows, started, load0, load1, torch_version):
               "a ratio that levels off as C grows means growth ∝ N·C + C·D; at small C, fixed-size "
               "buffers weigh more).",
               "",
-              f"Produced by `cargo build --bin hist && {a.command}` on {started} (git {git_rev('src/loss')}, torch {torch_version}, "
+              f"Produced by `cargo build --bin hist && {a.command}` on {started} (git {git_rev('src/loss', 'csrc', 'src/heap.rs')}, torch {torch_version}, "
               f"`hist` built with the dev profile: opt-level 1, dependencies at 3; the loss runs "
               f"inside libtorch). Machine: {machine()}; load average {load0} before, {load1} after "
               "(the machine is shared, so medians are noisy; the mins are the cleaner figure).",
@@ -273,9 +277,11 @@ def section(a, rows, started, load0, load1, torch_version):
               "that freed tensors return to the OS and the RSS tracks live tensors rather than "
               "malloc's retained heap. After one warm-up pass, with the inputs allocated, it writes "
               "\"5\" to /proc/self/clear_refs, which resets VmHWM to the current VmRSS; the figure "
-              "is VmHWM − VmRSS after two passes. (Times come from the default-allocator run: pinning "
-              "the threshold makes every large tensor a fresh mmap and page-faults, which slowed ours "
-              "about 2× at C = 1000 in a trial.)", ""]
+              "is VmHWM − VmRSS after two passes. (Times come from separate runs in which every "
+              "implementation keeps freed memory, as `hist` sets glibc's malloc for itself "
+              "(src/heap.rs: MALLOC_MMAP_THRESHOLD_=2^30, MALLOC_TRIM_THRESHOLD_=2^31−1, "
+              "MALLOC_TOP_PAD_=256 MiB): pinning the threshold makes every large tensor a fresh "
+              "mmap and page-faults, which slowed ours about 2× at C = 1000 in a trial.)", ""]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ pub mod data;
 pub mod dist;
 pub mod error;
 pub mod eval;
+pub mod heap;
 mod ffi_message;
 pub mod loss;
 pub mod model;

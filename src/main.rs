@@ -292,6 +292,7 @@ fn requeue_under_slurm() {
 }
 
 fn main() -> ExitCode {
+    hist::heap::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,

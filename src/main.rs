@@ -292,8 +292,12 @@ fn requeue_under_slurm() {
 }
 
 fn main() -> ExitCode {
-    hist::heap::keep_freed_memory();
     let cli = Cli::parse();
+    // Training allocates the same large tensors every step; evaluation would only keep a
+    // larger resident set (docs/usage.md, "Memory").
+    if matches!(cli.command, Command::Train { .. } | Command::BenchLoss { .. }) {
+        hist::heap::keep_freed_memory();
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {

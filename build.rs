@@ -28,7 +28,7 @@ fn main() {
             println!("cargo:rustc-link-lib=dylib:+verbatim={name}");
         }
         None => println!(
-            "cargo:warning=no libgomp next to libtorch in {}: the HIST loss's fused CPU loops (csrc/mahalanobis.cpp) will run on one thread",
+            "cargo:warning=libtorch_cpu.so in {} names no libgomp beside it: the HIST loss's fused CPU loops (csrc/mahalanobis.cpp) will run on one thread",
             lib_dir.display()
         ),
     }
@@ -36,18 +36,20 @@ fn main() {
     compile_jpeg_region();
 }
 
-/// The OpenMP runtime libtorch's own parallel loops use (the PyPI wheels ship libgomp.so.1;
-/// libtorch archives a hashed libgomp-*.so.1), linked by file name so that csrc/'s
-/// at::parallel_for shares libtorch's threads and `set_num_threads` instead of starting a
-/// second runtime.
+/// The OpenMP runtime libtorch's own parallel loops use: the libgomp that libtorch_cpu.so
+/// names in its DT_NEEDED entries (the PyPI wheels ship libgomp.so.1, libtorch archives a
+/// hashed libgomp-*.so.1), when that file is in libtorch's lib folder. Linked by that exact
+/// name, so that csrc/'s at::parallel_for shares libtorch's threads and `set_num_threads`
+/// instead of starting a second runtime. None for a libtorch built with another runtime.
 fn openmp_runtime(lib_dir: &Path) -> Option<String> {
-    let mut names: Vec<String> = std::fs::read_dir(lib_dir)
-        .ok()?
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with("libgomp") && name.contains(".so"))
-        .collect();
-    names.sort();
-    names.into_iter().next()
+    let torch_cpu = lib_dir.join("libtorch_cpu.so");
+    println!("cargo:rerun-if-changed={}", torch_cpu.display());
+    let bytes = std::fs::read(&torch_cpu).ok()?;
+    let elf = goblin::elf::Elf::parse(&bytes).ok()?;
+    elf.libraries
+        .iter()
+        .find(|name| name.starts_with("libgomp") && lib_dir.join(name).is_file())
+        .map(|name| name.to_string())
 }
 
 /// Builds csrc/*.cpp into one static library against libtorch's headers with the flags

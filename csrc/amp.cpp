@@ -99,16 +99,18 @@ extern "C" char* hist_amp_unscale(const at::Tensor* const* grads, size_t count, 
 }
 
 
-// torch.backends.cudnn.conv.fp32_precision = "tf32" or "ieee", and
-// torch.backends.cuda.matmul.fp32_precision = "ieee" (PyTorch's defaults are tf32 and
-// ieee). Matrix products stay IEEE even under TORCH_ALLOW_TF32_CUBLAS_OVERRIDE: the
-// evaluation's exact ranking bounds float32 rounding. Returns null or an error message.
+// torch.backends.cudnn.allow_tf32 = tf32_convolutions and
+// torch.backends.cuda.matmul.allow_tf32 = False (PyTorch's defaults: True and False).
+// Matrix products stay IEEE even under TORCH_ALLOW_TF32_CUBLAS_OVERRIDE: the evaluation's
+// exact ranking bounds float32 rounding. The legacy setters, because in libtorch 2.11 they
+// keep both the legacy flags and the per-op fp32_precision map in step; setting the map
+// alone leaves the legacy flags behind, and libtorch's consistency check then throws in
+// any caller that asks without naming an op. Returns null or an error message.
 extern "C" char* hist_set_cuda_float32_precision(bool tf32_convolutions) {
   try {
     auto& context = at::globalContext();
-    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV,
-                                tf32_convolutions ? at::Float32Precision::TF32 : at::Float32Precision::IEEE);
-    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::IEEE);
+    context.setAllowTF32CuDNN(tf32_convolutions);
+    context.setAllowTF32CuBLAS(false);
     return nullptr;
   } catch (const c10::Error& e) {
     return hist_ffi::copy_message(e.what_without_backtrace());

@@ -221,22 +221,25 @@ struct MahalanobisSq : torch::autograd::Function<MahalanobisSq> {
     d.addmm_(x_hat.square(), iv.t());
     d.add_((r.square() * q).unsqueeze(0));
 
-    ctx->save_for_backward({x_hat, m, lv});
-    ctx->saved_data["wi"] = wi;
-    ctx->saved_data["r"] = r;
-    ctx->saved_data["q"] = q;
+    // Saved as variables (not saved_data) so that autograd frees them after the backward
+    // pass: the [C, 2D] buffer is 46 MB at SOP's size.
+    ctx->save_for_backward({x_hat, m, lv, wi, r, q});
     ctx->saved_data["fused"] = fused;
     return d;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // The backward is formed from saved values without autograd history: a graph of it
+    // would give wrong second derivatives, so asking for one is an error.
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "Mahalanobis distances: second derivatives are not supported (backward with create_graph)");
     const auto saved = ctx->get_saved_variables();
     const auto& x_hat = saved[0];
     const auto& m = saved[1];
     const auto& lv = saved[2];
-    const auto wi = ctx->saved_data["wi"].toTensor();
-    const auto r = ctx->saved_data["r"].toTensor();
-    const auto q = ctx->saved_data["q"].toTensor();
+    const auto& wi = saved[3];
+    const auto& r = saved[4];
+    const auto& q = saved[5];
     const bool fused = ctx->saved_data["fused"].toBool();
     const auto grad = grad_outputs[0].contiguous();
     const int64_t dim = m.size(1);

@@ -11,7 +11,6 @@
 #include <ATen/autocast_mode.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <vector>
 
 #include "ffi_message.h"
@@ -97,7 +96,6 @@ extern "C" char* hist_amp_unscale(const at::Tensor* const* grads, size_t count, 
     return hist_ffi::copy_message(e.what());
   }
 }
-
 
 // torch.backends.cudnn.allow_tf32 = tf32_convolutions and
 // torch.backends.cuda.matmul.allow_tf32 = False (PyTorch's defaults: True and False).

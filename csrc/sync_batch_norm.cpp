@@ -9,7 +9,6 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <vector>
 
 #include "ffi_message.h"
@@ -201,5 +200,4 @@ extern "C" char* hist_sync_bn_forward(const at::Tensor* x, const at::Tensor* wei
 // Makes `dst` refer to the same tensor as `src` (the Rust callback's way to return one).
 extern "C" void hist_sync_bn_assign(at::Tensor* dst, const at::Tensor* src) { *dst = *src; }
 
-// Frees a message returned by hist_sync_bn_forward.
 

@@ -195,7 +195,7 @@ fn neighbour_lists_match_the_float64_reference() {
                 let labels_of = |rows: &[i64]| -> Vec<i64> { rows.iter().map(|&r| input.labels[r as usize]).collect() };
                 let (query_labels, gallery_labels) = (labels_of(&split.query_rows), labels_of(&split.gallery_rows));
                 let mut galleries = vec![("grid", &gallery)];
-                if split.query_rows == split.gallery_rows {
+                if split.is_same_source() {
                     galleries.push(("symmetric", &queries));
                 }
                 for (how, g) in galleries {

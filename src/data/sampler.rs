@@ -120,7 +120,6 @@ pub struct RandomSampler {
     images: usize,
     batch_size: usize,
     seed: u64,
-    steps: usize,
     /// The latest epoch's permutation: each step asks for its batch (the trainer and the
     /// loader both), and reshuffling every image each time would be O(images) per batch.
     order: Arc<Mutex<Option<EpochOrder>>>,
@@ -129,13 +128,13 @@ pub struct RandomSampler {
 impl RandomSampler {
     /// Errors when there are fewer images than one batch.
     pub fn new(images: usize, batch_size: usize, seed: u64) -> Result<Self> {
-        let steps = whole_batches(images, batch_size)?;
-        Ok(RandomSampler { images, batch_size, seed, steps, order: Arc::default() })
+        whole_batches(images, batch_size)?;
+        Ok(RandomSampler { images, batch_size, seed, order: Arc::default() })
     }
 
     /// Batches per epoch: ⌊images / batch_size⌋ (the last partial batch is dropped).
     pub fn steps_per_epoch(&self) -> usize {
-        self.steps
+        self.images / self.batch_size
     }
 
     /// Indices of batch `step` of `epoch`: positions [step·B, (step+1)·B) of the epoch's

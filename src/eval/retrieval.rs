@@ -26,7 +26,7 @@ pub fn retrieval_metrics(embeddings: &Tensor, labels: &[i64], split: &Split, ks:
     };
     let queries = pick(&split.query_rows);
     // The same rows as queries and gallery: one tensor, so the search can use the symmetry.
-    let gallery = if split.gallery_rows == split.query_rows { queries.shallow_clone() } else { pick(&split.gallery_rows) };
+    let gallery = if split.is_same_source() { queries.shallow_clone() } else { pick(&split.gallery_rows) };
     let label_of = |r: &[i64]| -> Vec<i64> { r.iter().map(|&i| labels[i as usize]).collect() };
     let query_labels = label_of(&split.query_rows);
     let gallery_labels = label_of(&split.gallery_rows);

@@ -12,11 +12,6 @@ pub fn l2_normalize(x: &Tensor) -> Tensor {
     x * inv_norm
 }
 
-/// Inverse variances exp(−relu6(v)): the log-variance is clipped to [0, 6].
-pub fn inverse_variances(log_vars: &Tensor) -> Tensor {
-    (-log_vars.relu6()).exp()
-}
-
 /// d[i, c] = Σ_k (x̂_ik − m̂_ck)² · iv_ck for unit-norm rows `x_hat` [N, D], the
 /// L2-normalised rows m̂ of the raw `means` [C, D] and the inverse variances
 /// iv = exp(−relu6(`log_vars`)), differentiable in all three. Nothing of size N·C·D exists:
@@ -79,17 +74,22 @@ mod ffi {
     }
 }
 
-/// The N×C×D form of [`mahalanobis_sq`] on already normalised means `m_hat`; only for
-/// tests, as an independent check.
-pub fn mahalanobis_sq_dense(x_hat: &Tensor, m_hat: &Tensor, inv_var: &Tensor) -> Tensor {
-    let diff = x_hat.unsqueeze(1) - m_hat.unsqueeze(0);
-    (diff.square() * inv_var.unsqueeze(0)).sum_dim_intlist(2, false, None::<Kind>)
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    /// Reference: inverse variances exp(−relu6(v)), the log-variance clipped to [0, 6].
+    fn inverse_variances(log_vars: &Tensor) -> Tensor {
+        (-log_vars.relu6()).exp()
+    }
+
+    /// Reference: the N×C×D form of [`mahalanobis_sq`] on already normalised means `m_hat`.
+    fn mahalanobis_sq_dense(x_hat: &Tensor, m_hat: &Tensor, inv_var: &Tensor) -> Tensor {
+        let diff = x_hat.unsqueeze(1) - m_hat.unsqueeze(0);
+        (diff.square() * inv_var.unsqueeze(0)).sum_dim_intlist(2, false, None::<Kind>)
+    }
 
     /// x̂ [n, d] (unit rows), means [c, d] and log-variances [c, d] that include values at
     /// and beyond relu6's kinks (0 and 6), where the gradient must be exactly zero.

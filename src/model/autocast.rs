@@ -47,7 +47,6 @@ pub enum AutocastDtype {
 }
 
 impl AutocastDtype {
-
     /// The code csrc/amp.cpp expects.
     fn code(self) -> i32 {
         match self {

@@ -6,6 +6,20 @@ use super::autocast::{amp_result, ffi, Autocast, AutocastDevice, AutocastDtype};
 use crate::config::{AutocastMode, Config, DType};
 use crate::error::Result;
 
+/// Readies `device` for a command: false when it is a CUDA device this machine lacks (the
+/// caller names the setting to fix); on CUDA, also sets float32 precision as
+/// [`set_cuda_float32_precision`] does.
+pub fn ready_device(device: Device, tf32_convolutions: bool) -> Result<bool> {
+    let Device::Cuda(index) = device else {
+        return Ok(true);
+    };
+    if !tch::Cuda::is_available() || index >= tch::Cuda::device_count() as usize {
+        return Ok(false);
+    }
+    set_cuda_float32_precision(tf32_convolutions)?;
+    Ok(true)
+}
+
 /// Sets libtorch's float32 precision for CUDA: convolutions on TF32 tensor cores when
 /// `tf32_convolutions` (the config's `tf32`, PyTorch's default), IEEE float32 otherwise;
 /// matrix products IEEE float32 always (PyTorch's default, which the evaluation's exact

@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::config::parse_device;
-use crate::model::precision::set_cuda_float32_precision;
 use crate::error::{HistError, Result};
 use crate::eval::kmeans::KMeansOptions;
 use crate::eval::knn::{KnnOptions, Precision};
+use crate::model::precision::ready_device;
 use crate::eval::{evaluate, EvalOptions, EvalReport, Split};
 
 /// Tensor names an embeddings file may hold.
@@ -125,12 +125,9 @@ pub fn options(args: &EvalArgs) -> Result<EvalOptions> {
 /// Loads `path`, evaluates on `args.device` and returns the report.
 pub fn evaluate_file(path: &Path, args: &EvalArgs) -> Result<EvalReport> {
     let device = parse_device(&args.device).map_err(|m| HistError::input("--device", m))?;
-    if let Device::Cuda(i) = device {
-        if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize {
-            return Err(HistError::input("--device", format!("{} requested but not available on this machine; use --device cpu", args.device)));
-        }
-        // No convolutions here; the products must be IEEE float32 for the exact ranking.
-        set_cuda_float32_precision(true)?;
+    // No convolutions here (tf32 is moot); the products are IEEE float32 for the exact ranking.
+    if !ready_device(device, true)? {
+        return Err(HistError::input("--device", format!("{} requested but not available on this machine; use --device cpu", args.device)));
     }
     let options = options(args)?;
     let input = load(path)?;

@@ -26,7 +26,7 @@ use crate::eval::retrieval::retrieval_metrics;
 use crate::eval::recall_at_k;
 use crate::eval::test_split::embed_test_split;
 use crate::loss::{HistHyper, HistLoss};
-use crate::model::precision::{set_cuda_float32_precision, Precision};
+use crate::model::precision::{ready_device, Precision};
 use crate::model::EmbeddingModel;
 use crate::progress::Progress;
 use crate::telemetry::hparams::SessionStatus;
@@ -213,11 +213,8 @@ fn format_recall(r: &[(usize, f64)]) -> String {
 /// the config's `tf32`.
 pub fn resolve_device(config: &Config) -> Result<Device> {
     let device = parse_device(&config.device).map_err(|m| HistError::config("device", m))?;
-    if let Device::Cuda(i) = device {
-        if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize {
-            return Err(HistError::config("device", format!("{} requested but not available on this machine; use device: cpu", config.device)));
-        }
-        set_cuda_float32_precision(config.tf32)?;
+    if !ready_device(device, config.tf32)? {
+        return Err(HistError::config("device", format!("{} requested but not available on this machine; use device: cpu", config.device)));
     }
     Ok(device)
 }

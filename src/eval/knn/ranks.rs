@@ -30,7 +30,7 @@ use tch::{Device, Kind, Tensor};
 use super::exact::Rows;
 use super::scan::Element;
 use super::search::host_elements;
-use super::threads::on_threads;
+use super::threads::{on_threads, PARALLEL_MIN};
 use super::select::{largest, ColumnOrder};
 use super::slots::{Slots, TargetLists};
 use super::tally::{merge, Outcome, Tally};
@@ -48,8 +48,6 @@ pub const MAX_BLOCK: usize = 8192;
 /// Bytes the workers' counters may take together before queries are taken in groups.
 pub(super) const COUNTER_BYTES: usize = 1 << 30;
 
-/// Products per search below which one thread does the work.
-const PARALLEL_MIN: usize = 1 << 20;
 
 /// One block of products: rows (indices into the group's query list) × gallery columns;
 /// `mirrored` blocks are also scanned along their columns for the queries those

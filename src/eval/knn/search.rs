@@ -10,13 +10,10 @@ use tch::{Device, Kind, Tensor};
 use super::exact::Rows;
 use super::scan::Element;
 use super::select::{Candidate, ColumnOrder, RowSelect};
-use super::threads::on_threads;
+use super::threads::{on_threads, PARALLEL_MIN};
 use super::{bound, check_inputs, KnnOptions, Precision};
 use crate::error::{HistError, Result};
 
-/// Products per chunk below which one thread does the chunk: spawning workers would cost
-/// more than it saves.
-const PARALLEL_MIN: usize = 1 << 20;
 
 /// One query's work: its exact row and its candidates.
 pub(super) struct RowJob<'a> {
@@ -40,10 +37,10 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// (query, its own gallery position if any, the neighbours it can have).
-    fn row_job(&self, query: usize) -> (usize, Option<usize>, usize) {
+    /// (its own gallery position if any, the neighbours it can have) of a query.
+    fn row_job(&self, query: usize) -> (Option<usize>, usize) {
         let own = self.self_positions.and_then(|p| usize::try_from(p[query]).ok());
-        (query, own, self.k.min(self.gallery.len() - usize::from(own.is_some())))
+        (own, self.k.min(self.gallery.len() - usize::from(own.is_some())))
     }
 }
 
@@ -128,8 +125,8 @@ fn part<R, F: Fn(RowJob<'_>) -> R>(shared: &Shared<'_>, kind: Kind, queries: &Te
     let host = (device != Device::Cpu).then(|| Tensor::empty([m * widest], (kind, Device::Cpu)));
     let query_rows = Rows::normalized(queries)?;
     let products_input = query_rows.to_tensor(None, kind, device);
-    let jobs: Vec<(usize, Option<usize>, usize)> = (0..m as usize).map(|r| shared.row_job(first + r)).collect();
-    let mut selects: Vec<RowSelect> = jobs.iter().map(|&(_, own, k)| RowSelect::new(own, k)).collect();
+    let jobs: Vec<(Option<usize>, usize)> = (0..m as usize).map(|r| shared.row_job(first + r)).collect();
+    let mut selects: Vec<RowSelect> = jobs.iter().map(|&(own, k)| RowSelect::new(own, k)).collect();
     let mut scratch = Vec::new();
     for tile in &tiles {
         let w = tile.len() as i64;
@@ -155,7 +152,7 @@ fn part<R, F: Fn(RowJob<'_>) -> R>(shared: &Shared<'_>, kind: Kind, queries: &Te
         .into_iter()
         .enumerate()
         .map(|(r, candidates)| {
-            let (_, _, k) = jobs[r];
+            let (_, k) = jobs[r];
             per_row(RowJob { query_row: query_rows.row(r), candidates, k, gallery: &shared.gallery })
         })
         .collect())
@@ -173,7 +170,7 @@ fn absorb<E: Element>(selects: &mut [RowSelect], products: &Tensor, tile: &Range
 
 /// The candidates of every row, selecting in full (from recomputed products) the rows
 /// whose sample threshold was too high.
-fn select_in_full(shared: &Shared<'_>, kind: Kind, found: Vec<Option<Vec<Candidate>>>, queries: &Tensor, gallery_t: &Tensor, jobs: &[(usize, Option<usize>, usize)]) -> Result<Vec<Vec<Candidate>>> {
+fn select_in_full(shared: &Shared<'_>, kind: Kind, found: Vec<Option<Vec<Candidate>>>, queries: &Tensor, gallery_t: &Tensor, jobs: &[(Option<usize>, usize)]) -> Result<Vec<Vec<Candidate>>> {
     let missing: Vec<i64> = (0..found.len()).filter(|&r| found[r].is_none()).map(|r| r as i64).collect();
     if missing.is_empty() {
         return Ok(found.into_iter().flatten().collect());
@@ -189,14 +186,14 @@ fn select_in_full(shared: &Shared<'_>, kind: Kind, found: Vec<Option<Vec<Candida
 }
 
 /// [`RowSelect::from_full_row`] on each row of `values` [missing, G].
-fn full_rows<E: Element>(values: &[E], shared: &Shared<'_>, missing: &[i64], jobs: &[(usize, Option<usize>, usize)]) -> Vec<Vec<Candidate>> {
+fn full_rows<E: Element>(values: &[E], shared: &Shared<'_>, missing: &[i64], jobs: &[(Option<usize>, usize)]) -> Vec<Vec<Candidate>> {
     let g = shared.gallery.len();
     let mut scratch = Vec::new();
     missing
         .iter()
         .enumerate()
         .map(|(i, &r)| {
-            let (_, own, k) = jobs[r as usize];
+            let (own, k) = jobs[r as usize];
             RowSelect::from_full_row(&values[i * g..(i + 1) * g], own, k, &shared.order, shared.delta, &mut scratch)
         })
         .collect()

@@ -3,6 +3,10 @@
 //! spin-wait (for milliseconds) after every one, on the cores the host work needs.
 use crate::error::Result;
 
+/// Products (a search's, or a chunk's) below which one thread does the work: spawning
+/// workers would cost more than it saves.
+pub(super) const PARALLEL_MIN: usize = 1 << 20;
+
 /// Puts libtorch's thread count back when dropped.
 struct ThreadCount(i32);
 

@@ -26,6 +26,7 @@
 mod bound;
 mod exact;
 mod order;
+mod products;
 mod ranks;
 mod scan;
 mod search;
@@ -153,6 +154,27 @@ fn check_inputs(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64
         }
     }
     Ok(())
+}
+
+/// What a search starts from once its inputs are checked: the depth, clamped to the
+/// gallery size, and the products' error bound.
+struct Opening {
+    k: usize,
+    delta: f64,
+}
+
+/// Checks the inputs and opens a search to depth `k`: `None` when there is nothing to
+/// search (no query, or k = 0).
+fn open(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, k: usize, options: &KnnOptions) -> Result<Option<Opening>> {
+    check_inputs(queries, gallery, self_positions)?;
+    let (n, g, d) = (queries.size()[0], gallery.size()[0], gallery.size()[1]);
+    let k = k.min(g as usize);
+    if k == 0 || n == 0 {
+        return Ok(None);
+    }
+    let delta = bound::similarity_error(d as usize, options.precision == Precision::F32)
+        .ok_or_else(|| HistError::input("embeddings", format!("width {d} is too large for float32 products to bound their error; use --precision f64")))?;
+    Ok(Some(Opening { k, delta }))
 }
 
 /// Visits the `k` nearest gallery entries of every query, a chunk of queries at a time,

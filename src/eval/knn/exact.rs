@@ -1,6 +1,8 @@
 //! The exact similarity that ranks neighbours: float64 rows normalised and multiplied in
 //! one fixed order, on the host, so the ranking does not depend on the BLAS, the device
-//! or the thread count.
+//! or the thread count; and the neighbour order it defines.
+use std::cmp::Ordering;
+
 use tch::{Device, Kind, Tensor};
 
 use super::NORM_EPS;
@@ -73,6 +75,24 @@ pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
         }
     }
     (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + tail
+}
+
+/// Whether (similarity `a`, position `pa`) comes before (`b`, `pb`) in neighbour order:
+/// larger similarity first, equal similarities by smaller gallery position.
+pub(super) fn ahead(a: f64, pa: u32, b: f64, pb: u32) -> bool {
+    a > b || (a == b && pa < pb)
+}
+
+/// Neighbour order ([`ahead`]) as a sort order, nearest first. Built on [`ahead`] rather
+/// than `total_cmp`, which would part 0.0 from −0.0 where the counting does not.
+pub(super) fn neighbour_order(a: f64, pa: u32, b: f64, pb: u32) -> Ordering {
+    if ahead(a, pa, b, pb) {
+        Ordering::Less
+    } else if ahead(b, pb, a, pa) {
+        Ordering::Greater
+    } else {
+        Ordering::Equal
+    }
 }
 
 #[cfg(test)]

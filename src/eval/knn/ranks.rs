@@ -28,13 +28,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Device, Kind, Tensor};
 
 use super::exact::Rows;
+use super::products::{host_elements, ProductBuffer};
 use super::scan::Element;
-use super::search::host_elements;
 use super::threads::{on_threads, PARALLEL_MIN};
 use super::select::{largest, ColumnOrder};
 use super::slots::{Slots, TargetLists};
 use super::tally::{merge, Outcome, Tally};
-use super::{bound, check_inputs, KnnOptions, Precision};
+use super::{open, KnnOptions, Opening};
 use crate::error::{HistError, Result};
 use crate::progress::Progress;
 
@@ -101,18 +101,15 @@ pub(super) fn target_ranks<V>(queries: &Tensor, gallery: &Tensor, self_positions
 where
     V: FnMut(usize, &[usize]) -> Result<()>,
 {
-    check_inputs(queries, gallery, self_positions)?;
-    let (n, g, d) = (queries.size()[0] as usize, gallery.size()[0] as usize, gallery.size()[1] as usize);
+    let opening = open(queries, gallery, self_positions, k, options)?;
+    let (n, g) = (queries.size()[0] as usize, gallery.size()[0] as usize);
     if query_labels.len() != n || gallery_labels.len() != g {
         return Err(HistError::input("labels", format!("{} query and {} gallery labels for {n} queries and {g} gallery rows", query_labels.len(), gallery_labels.len())));
     }
-    let k = k.min(g);
-    if k == 0 || n == 0 {
+    let Some(Opening { k, delta }) = opening else {
         (0..n).try_for_each(|q| visit(q, &[]))?;
         return Ok(0);
-    }
-    let delta = bound::similarity_error(d, options.precision == Precision::F32)
-        .ok_or_else(|| HistError::input("embeddings", format!("width {d} is too large for float32 products to bound their error; use --precision f64")))?;
+    };
     let _guard = tch::no_grad_guard();
     let kind = options.precision.kind();
     let own: Vec<Option<u32>> = match self_positions {
@@ -143,8 +140,13 @@ where
     let total: u64 = groups.iter().map(|q| (q.len().div_ceil(sample_rows(&ctx, q.len())) + plan(q.len(), g, block, mirrored).len()) as u64).sum();
     let bar = Progress::new("k-NN search", total, "blocks", true);
     let mut rechecked = 0;
+    // The gallery rows the floors are read from, gathered once for every group.
+    let sampled = ctx.order.sample(k).map(|(sample, _)| {
+        let positions: Vec<usize> = sample.iter().map(|&p| p as usize).collect();
+        Inputs { query: inputs.query.shallow_clone(), gallery: rows_at(&inputs.gallery, &positions) }
+    });
     for group in groups {
-        let floors = sample_floors(&ctx, &inputs, &group, &bar)?;
+        let floors = sample_floors(&ctx, sampled.as_ref(), &group, &bar)?;
         let mut outcomes = search_group(&ctx, &inputs, group.clone(), Some(&floors), mirrored, &bar)?;
         let again: Vec<usize> = (0..group.len()).filter(|&i| outcomes[i] == Outcome::Recheck).collect();
         if !again.is_empty() {
@@ -230,44 +232,23 @@ fn in_workers<S: Send>(states: Vec<S>, tasks: usize, work: impl Fn(&mut S, usize
     })
 }
 
-/// One worker's handles to the inputs and its reusable block of products (on the
-/// device, and on the host for a GPU).
+/// One worker's handles to the inputs and its reusable block of products.
 struct Worker {
     inputs: Inputs,
-    buffer: Tensor,
-    host: Option<Tensor>,
+    buffer: ProductBuffer,
 }
 
 impl Worker {
     /// Workers (as many as `tasks` can use) on `inputs`, whose blocks hold up to
     /// `elements` products.
     fn several(ctx: &Context<'_>, inputs: &Inputs, elements: usize, tasks: usize) -> Result<Vec<Worker>> {
-        (0..ctx.workers.min(tasks).max(1)).map(|_| Worker::new(ctx, inputs.share(), elements)).collect()
-    }
-
-    /// A worker on `inputs` whose blocks hold up to `elements` products.
-    fn new(ctx: &Context<'_>, inputs: Inputs, elements: usize) -> Result<Worker> {
-        let buffer = Tensor::f_empty([elements as i64], (ctx.kind, ctx.device))?;
-        let host = (ctx.device != Device::Cpu).then(|| Tensor::empty([elements as i64], (ctx.kind, Device::Cpu)));
-        Ok(Worker { inputs, buffer, host })
+        (0..ctx.workers.min(tasks).max(1)).map(|_| Ok(Worker { inputs: inputs.share(), buffer: ProductBuffer::new(elements, ctx.kind, ctx.device)? })).collect()
     }
 
     /// The products of the query rows at `queries` with `columns`ᵀ [w, D]: a contiguous
     /// host tensor [rows, w] in the block buffer.
     fn products(&self, queries: &[usize], columns: &Tensor) -> Result<Tensor> {
-        let rows = rows_at(&self.inputs.query, queries);
-        let (m, w) = (queries.len() as i64, columns.size()[0]);
-        let out = self.buffer.narrow(0, 0, m * w).view([m, w]);
-        // Written into `out`; the returned handle is the same tensor.
-        let _ = rows.f_mm_out(&out, &columns.tr())?;
-        Ok(match &self.host {
-            None => out,
-            Some(h) => {
-                let mut on_host = h.narrow(0, 0, m * w).view([m, w]);
-                on_host.f_copy_(&out)?;
-                on_host
-            }
-        })
+        self.buffer.product(&rows_at(&self.inputs.query, queries), &columns.tr())
     }
 }
 
@@ -279,18 +260,17 @@ fn sample_rows(ctx: &Context<'_>, queries: usize) -> usize {
 
 /// Each query's floor: its sample threshold t_s (the products with the sample, rank
 /// from [`ColumnOrder`]) minus δ, so that the entries with products ≥ t_s — about
-/// 1.5·k — lie at or above it; −∞ when the gallery is too small to sample.
-fn sample_floors(ctx: &Context<'_>, inputs: &Inputs, queries: &[usize], bar: &Progress) -> Result<Vec<f64>> {
+/// 1.5·k — lie at or above it; −∞ when the gallery is too small to sample. `sampled`:
+/// the queries and the sample's gallery rows, `None` without a sample.
+fn sample_floors(ctx: &Context<'_>, sampled: Option<&Inputs>, queries: &[usize], bar: &Progress) -> Result<Vec<f64>> {
     let rows = sample_rows(ctx, queries.len());
     let blocks = queries.len().div_ceil(rows);
-    let Some((sample, rank)) = ctx.order.sample(ctx.k) else {
+    let (Some(sampled), Some((sample, rank))) = (sampled, ctx.order.sample(ctx.k)) else {
         bar.inc(blocks as u64);
         return Ok(vec![f64::NEG_INFINITY; queries.len()]);
     };
     let s = sample.len();
-    let positions: Vec<usize> = sample.iter().map(|&p| p as usize).collect();
-    let sampled = Inputs { query: inputs.query.shallow_clone(), gallery: rows_at(&inputs.gallery, &positions) };
-    let workers = Worker::several(ctx, &sampled, rows.min(queries.len()) * s, blocks)?;
+    let workers = Worker::several(ctx, sampled, rows.min(queries.len()) * s, blocks)?;
     let states = in_workers(
         workers.into_iter().map(|w| (w, Vec::new())).collect(),
         blocks,

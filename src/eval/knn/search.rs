@@ -8,11 +8,12 @@ use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
 use super::exact::Rows;
+use super::products::{host_elements, ProductBuffer};
 use super::scan::Element;
 use super::select::{Candidate, ColumnOrder, RowSelect};
 use super::threads::{on_threads, PARALLEL_MIN};
-use super::{bound, check_inputs, KnnOptions, Precision};
-use crate::error::{HistError, Result};
+use super::{open, KnnOptions, Opening};
+use crate::error::Result;
 
 
 /// One query's work: its exact row and its candidates.
@@ -60,16 +61,8 @@ pub(super) struct Search<'a> {
 impl<'a> Search<'a> {
     /// `None` when there is nothing to search (no query, or k = 0).
     pub(super) fn new(queries: &'a Tensor, gallery: &Tensor, self_positions: Option<&'a [i64]>, k: usize, options: &KnnOptions) -> Result<Option<Self>> {
-        check_inputs(queries, gallery, self_positions)?;
-        let (n, g, d) = (queries.size()[0], gallery.size()[0], gallery.size()[1]);
-        let k = k.min(g as usize);
-        if k == 0 || n == 0 {
-            return Ok(None);
-        }
-        let single = options.precision == Precision::F32;
-        let delta = bound::similarity_error(d as usize, single).ok_or_else(|| {
-            HistError::input("embeddings", format!("width {d} is too large for float32 products to bound their error; use --precision f64"))
-        })?;
+        let Some(Opening { k, delta }) = open(queries, gallery, self_positions, k, options)? else { return Ok(None) };
+        let g = gallery.size()[0];
         let _guard = tch::no_grad_guard();
         let kind = options.precision.kind();
         let rows = Rows::normalized(gallery)?;
@@ -119,28 +112,16 @@ impl<'a> Search<'a> {
 fn part<R, F: Fn(RowJob<'_>) -> R>(shared: &Shared<'_>, kind: Kind, queries: &Tensor, gallery_t: &Tensor, first: usize, per_row: &F) -> Result<Vec<R>> {
     let (m, device) = (queries.size()[0], queries.device());
     let tiles = shared.order.tiles();
-    let widest = tiles.iter().map(|t| t.len()).max().unwrap_or(0) as i64;
+    let widest = tiles.iter().map(|t| t.len()).max().unwrap_or(0);
     // One buffer for every tile: it stays in cache from the product to the scan.
-    let buffer = Tensor::f_empty([m * widest], (kind, device))?;
-    let host = (device != Device::Cpu).then(|| Tensor::empty([m * widest], (kind, Device::Cpu)));
+    let buffer = ProductBuffer::new(m as usize * widest, kind, device)?;
     let query_rows = Rows::normalized(queries)?;
     let products_input = query_rows.to_tensor(None, kind, device);
     let jobs: Vec<(Option<usize>, usize)> = (0..m as usize).map(|r| shared.row_job(first + r)).collect();
     let mut selects: Vec<RowSelect> = jobs.iter().map(|&(own, k)| RowSelect::new(own, k)).collect();
     let mut scratch = Vec::new();
     for tile in &tiles {
-        let w = tile.len() as i64;
-        let products = buffer.narrow(0, 0, m * w).view([m, w]);
-        // Written into `products`; the returned handle is the same tensor.
-        let _ = products_input.f_mm_out(&products, &gallery_t.narrow(1, tile.start as i64, w))?;
-        let products = match &host {
-            None => products,
-            Some(h) => {
-                let mut on_host = h.narrow(0, 0, m * w).view([m, w]);
-                on_host.f_copy_(&products)?;
-                on_host
-            }
-        };
+        let products = buffer.product(&products_input, &gallery_t.narrow(1, tile.start as i64, tile.len() as i64))?;
         match kind {
             Kind::Float => absorb::<f32>(&mut selects, &products, tile, shared, &mut scratch)?,
             _ => absorb::<f64>(&mut selects, &products, tile, shared, &mut scratch)?,
@@ -197,16 +178,4 @@ fn full_rows<E: Element>(values: &[E], shared: &Shared<'_>, missing: &[i64], job
             RowSelect::from_full_row(&values[i * g..(i + 1) * g], own, k, &shared.order, shared.delta, &mut scratch)
         })
         .collect()
-}
-
-/// The elements of a contiguous host tensor of `E`'s kind, borrowed.
-pub(super) fn host_elements<E: Element>(t: &Tensor) -> Result<&[E]> {
-    if t.device() != Device::Cpu || t.kind() != E::KIND || !t.is_contiguous() {
-        return Err(HistError::input("similarities", format!("internal: expected contiguous host {:?}, got {:?} on {:?}", E::KIND, t.kind(), t.device())));
-    }
-    // SAFETY: a contiguous CPU tensor of E's kind holds numel() initialised elements of E,
-    // aligned for E, at data_ptr(); the slice borrows `t`, and no other handle to this
-    // storage writes to it while the slice lives (the buffer is only written by the next
-    // tile's product, after this tile's slices are gone).
-    Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const E, t.numel()) })
 }

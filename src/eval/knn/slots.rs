@@ -10,19 +10,13 @@
 //! is settled without counting, and the search can skip everything under L. If fewer
 //! than k turn out to be ahead of it, the presumption failed and the query is searched
 //! again without a sentinel.
-use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use super::exact::{dot, Rows};
+use super::exact::{dot, neighbour_order, Rows};
 
 /// Gallery position of a sentinel slot: after every real entry of equal similarity, so
 /// an entry is ahead of the sentinel exactly when its similarity is ≥ L.
 pub(super) const SENTINEL: u32 = u32::MAX;
-
-/// Whether (similarity `a`, position `pa`) comes before (`b`, `pb`) in neighbour order.
-pub(super) fn ahead(a: f64, pa: u32, b: f64, pb: u32) -> bool {
-    a > b || (a == b && pa < pb)
-}
 
 /// The same-label gallery positions of each query, own entry excluded, in gallery order.
 pub(super) struct TargetLists {
@@ -79,11 +73,7 @@ impl Slots {
             let row = query_rows.row(q);
             scored.clear();
             scored.extend(targets.of(query_labels[q], own[q]).map(|p| (dot(row, gallery_rows.row(p as usize)), p)));
-            scored.sort_unstable_by(|a, b| match ahead(a.0, a.1, b.0, b.1) {
-                true => Ordering::Less,
-                false if ahead(b.0, b.1, a.0, a.1) => Ordering::Greater,
-                false => Ordering::Equal,
-            });
+            scored.sort_unstable_by(|a, b| neighbour_order(a.0, a.1, b.0, b.1));
             scored.truncate(k);
             let floor = floors.map_or(f64::NEG_INFINITY, |f| f[i]);
             let above = scored.partition_point(|&(s, _)| s >= floor);

@@ -13,9 +13,9 @@
 //! no entry below that can be ahead of a live slot, so the scan skips it. Each worker
 //! sees a part of each row, so its counts are partial; a slot one worker dropped is
 //! settled (k or later) and a slot all kept has the sum of their counts as its rank.
-use super::exact::{dot, Rows};
+use super::exact::{ahead, dot, Rows};
 use super::scan::Element;
-use super::slots::{ahead, Slots};
+use super::slots::Slots;
 
 /// A worker's counts for every query of a [`Slots`].
 pub(super) struct Tally<'a, E: Element> {
@@ -139,24 +139,22 @@ pub(super) fn merge<E: Element>(tallies: &[Tally<'_, E>], i: usize, k: usize) ->
     let base = slots.offset(i);
     // A slot dropped by any worker ranks k or later; below that, the counts are complete.
     let live = tallies.iter().map(|t| t.lowest[i] + 1).min().unwrap_or(0).max(0) as usize;
-    let count = |slot: usize| -> usize {
-        tallies.iter().map(|t| t.ahead_from[base..=base + slot].iter().map(|&c| c as usize).sum::<usize>() + t.tie_ahead[base + slot] as usize).sum()
-    };
+    // Entries ahead of each live slot: the surely-ahead counts summed up to it, plus its
+    // near-ties found ahead.
+    let mut prefix = 0usize;
+    let counts: Vec<usize> = (base..base + live)
+        .map(|slot| {
+            prefix += tallies.iter().map(|t| t.ahead_from[slot] as usize).sum::<usize>();
+            prefix + tallies.iter().map(|t| t.tie_ahead[slot] as usize).sum::<usize>()
+        })
+        .collect();
     let real_end = match slots.sentinel(i) {
-        Some(s) if s < live && count(s) < k => return Outcome::Recheck,
+        Some(s) if s < live && counts[s] < k => return Outcome::Recheck,
         Some(s) => s,
         None => slots.exact(i).len(),
     };
-    let mut ranks = Vec::new();
-    let mut prefix = 0usize;
-    for slot in 0..real_end.min(live) {
-        prefix += tallies.iter().map(|t| t.ahead_from[base + slot] as usize).sum::<usize>();
-        let rank = prefix + tallies.iter().map(|t| t.tie_ahead[base + slot] as usize).sum::<usize>();
-        if rank >= k {
-            break;
-        }
-        ranks.push(rank);
-    }
+    // Targets in neighbour order have rising ranks: those below k are a prefix.
+    let ranks = counts[..real_end.min(live)].iter().copied().take_while(|&rank| rank < k).collect();
     Outcome::Ranks(ranks)
 }
 

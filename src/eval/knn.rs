@@ -157,24 +157,36 @@ fn check_inputs(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64
 }
 
 /// What a search starts from once its inputs are checked: the depth, clamped to the
-/// gallery size, and the products' error bound.
+/// gallery size, the products' error bound and float kind.
 struct Opening {
     k: usize,
     delta: f64,
+    kind: Kind,
+    /// Each query's own gallery position, if it has one.
+    own: Vec<Option<u32>>,
 }
 
-/// Checks the inputs and opens a search to depth `k`: `None` when there is nothing to
-/// search (no query, or k = 0).
-fn open(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, k: usize, options: &KnnOptions) -> Result<Option<Opening>> {
+/// Checks the inputs (and the query and gallery labels, when given) and opens a search to
+/// depth `k`: `None` when there is nothing to search (no query, or k = 0).
+fn open(queries: &Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, labels: Option<(&[i64], &[i64])>, k: usize, options: &KnnOptions) -> Result<Option<Opening>> {
     check_inputs(queries, gallery, self_positions)?;
     let (n, g, d) = (queries.size()[0], gallery.size()[0], gallery.size()[1]);
+    if let Some((query_labels, gallery_labels)) = labels {
+        if query_labels.len() as i64 != n || gallery_labels.len() as i64 != g {
+            return Err(HistError::input("labels", format!("{} query and {} gallery labels for {n} queries and {g} gallery rows", query_labels.len(), gallery_labels.len())));
+        }
+    }
     let k = k.min(g as usize);
     if k == 0 || n == 0 {
         return Ok(None);
     }
     let delta = bound::similarity_error(d as usize, options.precision == Precision::F32)
         .ok_or_else(|| HistError::input("embeddings", format!("width {d} is too large for float32 products to bound their error; use --precision f64")))?;
-    Ok(Some(Opening { k, delta }))
+    let own = match self_positions {
+        Some(p) => p.iter().map(|&p| u32::try_from(p).ok()).collect(),
+        None => vec![None; n as usize],
+    };
+    Ok(Some(Opening { k, delta, kind: options.precision.kind(), own }))
 }
 
 /// Visits the `k` nearest gallery entries of every query, a chunk of queries at a time,

@@ -457,7 +457,12 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         } else {
             String::new()
         };
-        let epochs_left = config.train.epochs - epoch - 1;
+        // train.max_steps may end the run in an earlier epoch than train.epochs.
+        let last_epoch = match config.train.max_steps {
+            0 => config.train.epochs,
+            max => config.train.epochs.min(max.div_ceil(sampler.steps_per_epoch().max(1))),
+        };
+        let epochs_left = last_epoch.saturating_sub(epoch + 1);
         let eta = t_run.elapsed().as_secs_f64() / (epoch + 1 - point.epoch) as f64 * epochs_left as f64;
         let eta = if epochs_left > 0 { format!("; ETA {}", format_duration(eta)) } else { String::new() };
         let amp = scaler.as_ref().map_or(String::new(), |s| format!("; fp16 loss scale {}, {} update(s) skipped", s.scale(), s.skipped_steps()));

@@ -30,8 +30,8 @@ use tch::{Device, Kind, Tensor};
 use super::exact::Rows;
 use super::products::{host_elements, ProductBuffer};
 use super::scan::Element;
-use super::threads::{on_threads, PARALLEL_MIN};
-use super::select::{largest, ColumnOrder};
+use super::threads::{on_threads, workers_for};
+use super::select::{kth_product, ColumnOrder};
 use super::slots::{Slots, TargetLists};
 use super::tally::{merge, Outcome, Tally};
 use super::{open, KnnOptions, Opening};
@@ -101,21 +101,13 @@ pub(super) fn target_ranks<V>(queries: &Tensor, gallery: &Tensor, self_positions
 where
     V: FnMut(usize, &[usize]) -> Result<()>,
 {
-    let opening = open(queries, gallery, self_positions, k, options)?;
+    let opening = open(queries, gallery, self_positions, Some((query_labels, gallery_labels)), k, options)?;
     let (n, g) = (queries.size()[0] as usize, gallery.size()[0] as usize);
-    if query_labels.len() != n || gallery_labels.len() != g {
-        return Err(HistError::input("labels", format!("{} query and {} gallery labels for {n} queries and {g} gallery rows", query_labels.len(), gallery_labels.len())));
-    }
-    let Some(Opening { k, delta }) = opening else {
+    let Some(Opening { k, delta, kind, own }) = opening else {
         (0..n).try_for_each(|q| visit(q, &[]))?;
         return Ok(0);
     };
     let _guard = tch::no_grad_guard();
-    let kind = options.precision.kind();
-    let own: Vec<Option<u32>> = match self_positions {
-        Some(p) => p.iter().map(|&p| u32::try_from(p).ok()).collect(),
-        None => vec![None; n],
-    };
     let symmetric = same_rows(queries, gallery) && query_labels == gallery_labels && own.iter().enumerate().all(|(i, &p)| p == Some(i as u32));
     let query_rows = Rows::normalized(queries)?;
     let gallery_owned = if symmetric { None } else { Some(Rows::normalized(gallery)?) };
@@ -124,7 +116,7 @@ where
     let query_input = query_rows.to_tensor(None, kind, device);
     let gallery_input = if symmetric { query_input.shallow_clone() } else { gallery_rows.to_tensor(None, kind, device) };
     let targets = TargetLists::new(gallery_labels);
-    let workers = if n * g < PARALLEL_MIN { 1 } else { tch::get_num_threads().max(1) as usize };
+    let workers = workers_for(n * g);
     let block = options.chunk.unwrap_or(DEFAULT_BLOCK).clamp(1, MAX_BLOCK);
     let inputs = Inputs { query: query_input, gallery: gallery_input };
     let order = ColumnOrder::for_threshold(g, k);
@@ -299,11 +291,8 @@ fn row_floors<E: Element>(ctx: &Context<'_>, queries: &[usize], range: Range<usi
     let values = host_elements::<E>(p)?;
     let s = sample.len();
     for (r, i) in range.enumerate() {
-        let own = ctx.own[queries[i]];
-        scratch.clear();
-        scratch.extend(values[r * s..(r + 1) * s].iter().zip(sample).filter(|(_, &pos)| Some(pos) != own).map(|(v, _)| v.value()));
-        if scratch.len() >= rank {
-            out.push((i, largest(scratch, rank) - ctx.delta));
+        if let Some(threshold) = kth_product(&values[r * s..(r + 1) * s], sample, ctx.own[queries[i]], rank, scratch) {
+            out.push((i, threshold - ctx.delta));
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use super::exact::Rows;
 use super::products::{host_elements, ProductBuffer};
 use super::scan::Element;
 use super::select::{Candidate, ColumnOrder, RowSelect};
-use super::threads::{on_threads, PARALLEL_MIN};
+use super::threads::{on_threads, workers_for};
 use super::{open, KnnOptions, Opening};
 use crate::error::Result;
 
@@ -29,18 +29,19 @@ pub(super) struct RowJob<'a> {
 }
 
 /// What the per-row work of every thread reads.
-struct Shared<'a> {
+struct Shared {
     gallery: Rows,
     order: ColumnOrder,
-    self_positions: Option<&'a [i64]>,
+    /// Each query's own gallery position, if it has one.
+    own: Vec<Option<u32>>,
     delta: f64,
     k: usize,
 }
 
-impl Shared<'_> {
+impl Shared {
     /// (its own gallery position if any, the neighbours it can have) of a query.
-    fn row_job(&self, query: usize) -> (Option<usize>, usize) {
-        let own = self.self_positions.and_then(|p| usize::try_from(p[query]).ok());
+    fn row_job(&self, query: usize) -> (Option<u32>, usize) {
+        let own = self.own[query];
         (own, self.k.min(self.gallery.len() - usize::from(own.is_some())))
     }
 }
@@ -51,7 +52,7 @@ pub(super) struct Search<'a> {
     queries: &'a Tensor,
     /// [D, G]: the gallery's rows in the product kind, as columns in `order`.
     gallery_t: Tensor,
-    shared: Shared<'a>,
+    shared: Shared,
     kind: Kind,
     chunk: i64,
     /// Neighbours per query: the requested depth clamped to the gallery size.
@@ -60,15 +61,14 @@ pub(super) struct Search<'a> {
 
 impl<'a> Search<'a> {
     /// `None` when there is nothing to search (no query, or k = 0).
-    pub(super) fn new(queries: &'a Tensor, gallery: &Tensor, self_positions: Option<&'a [i64]>, k: usize, options: &KnnOptions) -> Result<Option<Self>> {
-        let Some(Opening { k, delta }) = open(queries, gallery, self_positions, k, options)? else { return Ok(None) };
+    pub(super) fn new(queries: &'a Tensor, gallery: &Tensor, self_positions: Option<&[i64]>, k: usize, options: &KnnOptions) -> Result<Option<Self>> {
+        let Some(Opening { k, delta, kind, own }) = open(queries, gallery, self_positions, None, k, options)? else { return Ok(None) };
         let g = gallery.size()[0];
         let _guard = tch::no_grad_guard();
-        let kind = options.precision.kind();
         let rows = Rows::normalized(gallery)?;
         let order = ColumnOrder::new(g as usize, k);
         let gallery_t = rows.to_tensor(Some(&order.positions), kind, queries.device()).tr();
-        let shared = Shared { gallery: rows, order, self_positions, delta, k };
+        let shared = Shared { gallery: rows, order, own, delta, k };
         Ok(Some(Search { queries, gallery_t, shared, kind, chunk: options.queries_per_chunk(g), k }))
     }
 
@@ -85,11 +85,10 @@ impl<'a> Search<'a> {
     {
         let _guard = tch::no_grad_guard();
         let (n, g) = (self.queries.size()[0] as usize, self.shared.gallery.len());
-        let workers = tch::get_num_threads().max(1) as usize;
         let mut start = 0;
         while start < n {
             let m = (self.chunk as usize).min(n - start);
-            let threads = if m * g < PARALLEL_MIN { 1 } else { workers.min(m) };
+            let threads = workers_for(m * g).min(m);
             let per_thread = m.div_ceil(threads);
             let parts: Vec<(usize, Tensor, Tensor)> = (0..m)
                 .step_by(per_thread)
@@ -109,7 +108,7 @@ impl<'a> Search<'a> {
 
 /// One worker's share of a chunk: `per_row` on each of `queries` (the first being query
 /// `first`), its products computed tile by tile and scanned while in cache.
-fn part<R, F: Fn(RowJob<'_>) -> R>(shared: &Shared<'_>, kind: Kind, queries: &Tensor, gallery_t: &Tensor, first: usize, per_row: &F) -> Result<Vec<R>> {
+fn part<R, F: Fn(RowJob<'_>) -> R>(shared: &Shared, kind: Kind, queries: &Tensor, gallery_t: &Tensor, first: usize, per_row: &F) -> Result<Vec<R>> {
     let (m, device) = (queries.size()[0], queries.device());
     let tiles = shared.order.tiles();
     let widest = tiles.iter().map(|t| t.len()).max().unwrap_or(0);
@@ -117,7 +116,7 @@ fn part<R, F: Fn(RowJob<'_>) -> R>(shared: &Shared<'_>, kind: Kind, queries: &Te
     let buffer = ProductBuffer::new(m as usize * widest, kind, device)?;
     let query_rows = Rows::normalized(queries)?;
     let products_input = query_rows.to_tensor(None, kind, device);
-    let jobs: Vec<(Option<usize>, usize)> = (0..m as usize).map(|r| shared.row_job(first + r)).collect();
+    let jobs: Vec<(Option<u32>, usize)> = (0..m as usize).map(|r| shared.row_job(first + r)).collect();
     let mut selects: Vec<RowSelect> = jobs.iter().map(|&(own, k)| RowSelect::new(own, k)).collect();
     let mut scratch = Vec::new();
     for tile in &tiles {
@@ -140,7 +139,7 @@ fn part<R, F: Fn(RowJob<'_>) -> R>(shared: &Shared<'_>, kind: Kind, queries: &Te
 }
 
 /// Feeds each row of the tile's `products` [rows, tile width] to its selection.
-fn absorb<E: Element>(selects: &mut [RowSelect], products: &Tensor, tile: &Range<usize>, shared: &Shared<'_>, scratch: &mut Vec<f64>) -> Result<()> {
+fn absorb<E: Element>(selects: &mut [RowSelect], products: &Tensor, tile: &Range<usize>, shared: &Shared, scratch: &mut Vec<f64>) -> Result<()> {
     let values = host_elements::<E>(products)?;
     let w = tile.len();
     for (r, select) in selects.iter_mut().enumerate() {
@@ -151,7 +150,7 @@ fn absorb<E: Element>(selects: &mut [RowSelect], products: &Tensor, tile: &Range
 
 /// The candidates of every row, selecting in full (from recomputed products) the rows
 /// whose sample threshold was too high.
-fn select_in_full(shared: &Shared<'_>, kind: Kind, found: Vec<Option<Vec<Candidate>>>, queries: &Tensor, gallery_t: &Tensor, jobs: &[(Option<usize>, usize)]) -> Result<Vec<Vec<Candidate>>> {
+fn select_in_full(shared: &Shared, kind: Kind, found: Vec<Option<Vec<Candidate>>>, queries: &Tensor, gallery_t: &Tensor, jobs: &[(Option<u32>, usize)]) -> Result<Vec<Vec<Candidate>>> {
     let missing: Vec<i64> = (0..found.len()).filter(|&r| found[r].is_none()).map(|r| r as i64).collect();
     if missing.is_empty() {
         return Ok(found.into_iter().flatten().collect());
@@ -167,7 +166,7 @@ fn select_in_full(shared: &Shared<'_>, kind: Kind, found: Vec<Option<Vec<Candida
 }
 
 /// [`RowSelect::from_full_row`] on each row of `values` [missing, G].
-fn full_rows<E: Element>(values: &[E], shared: &Shared<'_>, missing: &[i64], jobs: &[(Option<usize>, usize)]) -> Vec<Vec<Candidate>> {
+fn full_rows<E: Element>(values: &[E], shared: &Shared, missing: &[i64], jobs: &[(Option<u32>, usize)]) -> Vec<Vec<Candidate>> {
     let g = shared.gallery.len();
     let mut scratch = Vec::new();
     missing

@@ -50,8 +50,16 @@ fn descending(a: &f64, b: &f64) -> Ordering {
 }
 
 /// The `rank`-th largest (1-based) of `values`, which it reorders.
-pub(super) fn largest(values: &mut [f64], rank: usize) -> f64 {
+fn largest(values: &mut [f64], rank: usize) -> f64 {
     *values.select_nth_unstable_by(rank - 1, descending).1
+}
+
+/// The `rank`-th largest (1-based) of a row's products `values` at gallery `positions`,
+/// the query's `own` entry left out; `None` when fewer than `rank` remain.
+pub(super) fn kth_product<E: Element>(values: &[E], positions: &[u32], own: Option<u32>, rank: usize, scratch: &mut Vec<f64>) -> Option<f64> {
+    scratch.clear();
+    scratch.extend(values.iter().zip(positions).filter(|(_, &p)| Some(p) != own).map(|(v, _)| v.value()));
+    (scratch.len() >= rank).then(|| largest(scratch, rank))
 }
 
 /// The order in which the products visit the gallery: a sample of it first (runs of
@@ -148,8 +156,8 @@ pub(super) struct RowSelect {
 
 impl RowSelect {
     /// A query needing its `k` nearest (at most the entries left to it), never `own`.
-    pub(super) fn new(own: Option<usize>, k: usize) -> RowSelect {
-        RowSelect { own: own.map(|p| p as u32), k, threshold: f64::NAN, found: Vec::new(), hits: Vec::new() }
+    pub(super) fn new(own: Option<u32>, k: usize) -> RowSelect {
+        RowSelect { own, k, threshold: f64::NAN, found: Vec::new(), hits: Vec::new() }
     }
 
     /// Takes in the products `values` of the tile over `columns`; the first tile must be
@@ -159,11 +167,8 @@ impl RowSelect {
             return;
         }
         if self.threshold.is_nan() {
-            scratch.clear();
-            scratch.extend(values.iter().zip(&order.positions[columns.clone()]).filter(|(_, &p)| Some(p) != self.own).map(|(v, _)| v.value()));
-            let rank = order.rank(self.k);
             // A sample smaller than the rank (a tiny gallery) lets every entry through.
-            self.threshold = if scratch.len() >= rank { largest(scratch, rank) } else { f64::NEG_INFINITY };
+            self.threshold = kth_product(values, &order.positions[columns.clone()], self.own, order.rank(self.k), scratch).unwrap_or(f64::NEG_INFINITY);
         }
         let cut = self.threshold - 2.0 * delta;
         self.hits.clear();
@@ -189,14 +194,13 @@ impl RowSelect {
     }
 
     /// The candidates from the row's products over every column, in column order.
-    pub(super) fn from_full_row<E: Element>(values: &[E], own: Option<usize>, k: usize, order: &ColumnOrder, delta: f64, scratch: &mut Vec<f64>) -> Vec<Candidate> {
+    pub(super) fn from_full_row<E: Element>(values: &[E], own: Option<u32>, k: usize, order: &ColumnOrder, delta: f64, scratch: &mut Vec<f64>) -> Vec<Candidate> {
         let mut row = RowSelect::new(own, k);
         if k == 0 {
             return Vec::new();
         }
-        scratch.clear();
-        scratch.extend(values.iter().zip(&order.positions).filter(|(_, &p)| Some(p) != row.own).map(|(v, _)| v.value()));
-        row.threshold = largest(scratch, k);
+        // k is at most the entries left to the query, so the k-th largest exists.
+        row.threshold = kth_product(values, &order.positions, own, k, scratch).unwrap_or(f64::NEG_INFINITY);
         row.absorb(values, 0..values.len(), order, delta, scratch);
         row.found
     }
@@ -229,6 +233,7 @@ mod tests {
         let order = ColumnOrder::new(row.len(), k);
         let permuted: Vec<f32> = order.positions.iter().map(|&p| row[p as usize]).collect();
         let mut scratch = Vec::new();
+        let own = own.map(|p| p as u32);
         let mut select = RowSelect::new(own, k);
         for tile in order.tiles() {
             select.absorb(&permuted[tile.clone()], tile, &order, delta, &mut scratch);

@@ -5,7 +5,17 @@ use crate::error::Result;
 
 /// Products (a search's, or a chunk's) below which one thread does the work: spawning
 /// workers would cost more than it saves.
-pub(super) const PARALLEL_MIN: usize = 1 << 20;
+const PARALLEL_MIN: usize = 1 << 20;
+
+/// Worker threads for `products` products: one below [`PARALLEL_MIN`], else libtorch's
+/// thread count.
+pub(super) fn workers_for(products: usize) -> usize {
+    if products < PARALLEL_MIN {
+        1
+    } else {
+        tch::get_num_threads().max(1) as usize
+    }
+}
 
 /// Puts libtorch's thread count back when dropped.
 struct ThreadCount(i32);

@@ -35,7 +35,9 @@ pub fn spawn(worker: &WorkerCommand, contract: &Contract, local_rank: usize) -> 
             // The launcher may have died before prctl took effect; then nobody would
             // deliver the signal, so refuse to start at all.
             if libc::getppid() != launcher {
-                return Err(io::Error::other("hist-launch exited while this worker was starting"));
+                // ESRCH ("no such process": the parent) without allocating after fork;
+                // std reports only the errno of a pre_exec failure anyway.
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });

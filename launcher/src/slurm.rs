@@ -56,111 +56,14 @@ impl SlurmJob {
         u16::try_from(SLURM_PORT_BASE + self.job_id % SLURM_PORT_BASE).unwrap_or(29500)
     }
 
-    /// The first host of the allocation: `scontrol show hostnames` when scontrol is
-    /// installed (it knows every syntax SLURM has), else our own expansion.
+    /// The first host of the allocation (scontrol's reading of the node list, else ours).
     pub fn first_host(&self) -> Result<String> {
         let Some(list) = &self.nodelist else {
             bail!("SLURM_JOB_NODELIST is not set; pass --master-addr HOST (the first node of the job)")
         };
-        if let Some(host) = scontrol_first_host(list) {
-            return Ok(host);
-        }
-        expand_nodelist(list)?
-            .into_iter()
-            .next()
-            .with_context(|| format!("SLURM_JOB_NODELIST={list:?} names no host; pass --master-addr HOST"))
+        hist_rendezvous::first_slurm_host(list)
+            .map_err(|why| anyhow::anyhow!("cannot read SLURM_JOB_NODELIST {list:?} ({why}); pass --master-addr HOST"))
     }
-}
-
-fn scontrol_first_host(list: &str) -> Option<String> {
-    let out = std::process::Command::new("scontrol")
-        .args(["show", "hostnames", list])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8(out.stdout).ok()?.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
-}
-
-/// Expands a compressed SLURM host list such as `gpu[01-03,07],cpu5` into
-/// `gpu01 gpu02 gpu03 gpu07 cpu5`. Zero padding follows the range's lower bound, as
-/// SLURM writes it; several bracket groups in one name (`r[1-2]n[1-2]`) multiply out.
-pub fn expand_nodelist(list: &str) -> Result<Vec<String>> {
-    let bad = |why: &str| anyhow::anyhow!("cannot read SLURM_JOB_NODELIST {list:?} ({why}); pass --master-addr HOST");
-    let mut hosts = Vec::new();
-    for name in split_top_level(list.trim()).map_err(&bad)? {
-        let mut expanded = vec![String::new()];
-        let mut rest = name;
-        while !rest.is_empty() {
-            let (literal, after) = match rest.find('[') {
-                Some(open) => (&rest[..open], &rest[open..]),
-                None => (rest, ""),
-            };
-            if literal.contains(']') {
-                return Err(bad("unbalanced ']'"));
-            }
-            for host in &mut expanded {
-                host.push_str(literal);
-            }
-            if after.is_empty() {
-                break;
-            }
-            let close = after.find(']').ok_or_else(|| bad("unbalanced '['"))?;
-            let values = expand_ranges(&after[1..close]).map_err(|why| bad(&why))?;
-            expanded = expanded.iter().flat_map(|h| values.iter().map(move |v| format!("{h}{v}"))).collect();
-            rest = &after[close + 1..];
-        }
-        hosts.extend(expanded);
-    }
-    if hosts.is_empty() {
-        return Err(bad("empty"));
-    }
-    Ok(hosts)
-}
-
-/// Splits at commas outside brackets: "a[1,2],b" → ["a[1,2]", "b"].
-fn split_top_level(list: &str) -> std::result::Result<Vec<&str>, &'static str> {
-    let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);
-    for (i, c) in list.char_indices() {
-        match c {
-            '[' => depth += 1,
-            ']' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(&list[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-        if !(0..=1).contains(&depth) {
-            return Err("unbalanced brackets");
-        }
-    }
-    if depth != 0 {
-        return Err("unbalanced '['");
-    }
-    parts.push(&list[start..]);
-    Ok(parts.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect())
-}
-
-/// "01-03,07" → ["01", "02", "03", "07"].
-fn expand_ranges(spec: &str) -> std::result::Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for item in spec.split(',').map(str::trim) {
-        let (lo, hi) = item.split_once('-').unwrap_or((item, item));
-        let parse = |s: &str| s.parse::<u64>().map_err(|_| format!("{item:?} is not a number or range"));
-        let (a, b) = (parse(lo)?, parse(hi)?);
-        if a > b {
-            return Err(format!("range {item:?} runs backwards"));
-        }
-        if b - a > 100_000 {
-            return Err(format!("range {item:?} is implausibly large"));
-        }
-        let width = lo.len();
-        out.extend((a..=b).map(|n| format!("{n:0width$}")));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -168,28 +71,11 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn hosts(list: &str) -> Vec<String> {
-        expand_nodelist(list).unwrap_or_else(|e| panic!("{list}: {e}"))
-    }
-
     #[test]
-    fn expands_compressed_nodelists() {
-        assert_eq!(hosts("gpu[01-03,07],cpu5"), ["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]);
-        assert_eq!(hosts("node5"), ["node5"]);
-        assert_eq!(hosts("a1,b2"), ["a1", "b2"]);
-        assert_eq!(hosts("gpu[3,5]"), ["gpu3", "gpu5"]);
-        assert_eq!(hosts("n[8-11]"), ["n8", "n9", "n10", "n11"]);
-        assert_eq!(hosts("n[098-101]"), ["n098", "n099", "n100", "n101"]);
-        assert_eq!(hosts("r[1-2]n[1-2]"), ["r1n1", "r1n2", "r2n1", "r2n2"]);
-        assert_eq!(hosts("gpu-a[1-2]-ib,login"), ["gpu-a1-ib", "gpu-a2-ib", "login"]);
-    }
-
-    #[test]
-    fn malformed_nodelists_are_errors_naming_the_fix() {
-        for bad in ["", "gpu[01-03", "gpu01]", "gpu[a-b]", "gpu[5-3]", "x[[1]]"] {
-            let err = expand_nodelist(bad).expect_err(bad).to_string();
-            assert!(err.contains("--master-addr"), "{bad}: {err}");
-        }
+    fn a_malformed_nodelist_is_an_error_naming_the_fix() {
+        let job = |list: &str| SlurmJob { job_id: 1, nnodes: None, node_id: None, nodelist: Some(list.to_string()), local_id: None };
+        let err = job("gpu[01-03").first_host().expect_err("unbalanced").to_string();
+        assert!(err.contains("SLURM_JOB_NODELIST") && err.contains("--master-addr"), "{err}");
     }
 
     #[test]
@@ -205,7 +91,7 @@ mod tests {
         let job = SlurmJob::from_env(&get).expect("valid").expect("in a job");
         assert_eq!((job.nnodes, job.node_id, job.local_id), (Some(4), Some(2), None));
         assert_eq!(job.port(), 20000 + 3456);
-        assert_eq!(expand_nodelist(job.nodelist.as_deref().unwrap_or_default()).expect("list")[0], "gpu07");
+        assert_eq!(job.first_host().expect("first host"), "gpu07");
 
         let none = |_: &str| None;
         assert_eq!(SlurmJob::from_env(&none).expect("no job"), None);

@@ -88,6 +88,15 @@ enum Ending {
     Signal(Stop),
 }
 
+/// What else happened while the job was being wound down.
+#[derive(Default)]
+struct Aftermath {
+    /// A stop asked for while ending after a failure: no restart may follow.
+    stop_after_failure: bool,
+    /// A rank that failed (not as a stop asks) while the job was stopping on a signal.
+    failure_while_stopping: Option<(usize, Outcome)>,
+}
+
 /// Starts every worker of this node, supervises them and returns the launcher's exit
 /// status (0 when all succeed; see docs/launcher.md for the rest).
 /// How a run of the job's workers ended.
@@ -99,6 +108,9 @@ pub enum Finish {
     Stopped(i32),
     /// A worker failed; the failed worker's status (or 128 + signal).
     Failed(i32),
+    /// A worker failed and the launcher was also asked to stop (in either order): the
+    /// failed worker's status; the job is not restarted.
+    FailedAndStopped(i32),
 }
 
 impl Finish {
@@ -106,7 +118,7 @@ impl Finish {
     pub fn status(self) -> i32 {
         match self {
             Finish::Success => 0,
-            Finish::Stopped(s) | Finish::Failed(s) => s,
+            Finish::Stopped(s) | Finish::Failed(s) | Finish::FailedAndStopped(s) => s,
         }
     }
 }
@@ -147,6 +159,7 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mu
 
     let mut live: BTreeSet<usize> = (0..workers.len()).collect();
     let mut ending = Ending::No;
+    let mut aftermath = Aftermath::default();
     let mut kill_at: Option<Instant> = None;
     while !live.is_empty() {
         let deadline = async {
@@ -171,9 +184,14 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mu
                         kill_at = Some(Instant::now() + FAILURE_GRACE);
                         ending = Ending::Failure(index, outcome);
                     }
-                    Ending::Signal(_) if !stopped_as_asked(&outcome) => {
+                    Ending::Signal(_) if !stopped_as_asked(&outcome) && aftermath.failure_while_stopping.is_none() => {
+                        // The others may wait for it in a collective: they get the same
+                        // grace as after any failure.
                         let rank = workers[index].rank;
-                        say(&format!("rank {rank} ended with {} while stopping", outcome.describe()));
+                        say(&format!("rank {rank} failed ({}) while stopping", outcome.describe()));
+                        signal_all(&workers, &live, libc::SIGTERM);
+                        kill_at = Some(Instant::now() + FAILURE_GRACE);
+                        aftermath.failure_while_stopping = Some((index, outcome));
                     }
                     _ => {}
                 }
@@ -188,6 +206,16 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mu
                     ));
                     signal_all(&workers, &live, forwarded);
                     ending = Ending::Signal(stop);
+                }
+                Ending::Failure(..) => {
+                    aftermath.stop_after_failure = true;
+                    if stop == Stop::Preempt {
+                        say("SIGUSR1 while the job ends after a failure: it will not be restarted");
+                    } else {
+                        say(&format!("{} while the job ends after a failure: sending SIGKILL to {} worker(s); it will not be restarted", stop.name(), live.len()));
+                        signal_all(&workers, &live, libc::SIGKILL);
+                        kill_at = None;
+                    }
                 }
                 // SLURM may signal every process of the step, and some sites send the
                 // warning more than once: a repeated SIGUSR1 is not a request to hurry.
@@ -214,12 +242,19 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mu
     }
 
     drain(&mut workers).await;
-    Ok(match ending {
-        Ending::No => Finish::Success,
-        Ending::Signal(stop) => Finish::Stopped(stop.exit_status()),
-        Ending::Failure(index, outcome) => {
+    Ok(match (ending, aftermath) {
+        (Ending::No, _) => Finish::Success,
+        (Ending::Signal(_), Aftermath { failure_while_stopping: Some((index, outcome)), .. }) => {
             report_failure(&workers[index], &outcome);
-            Finish::Failed(outcome.exit_status())
+            Finish::FailedAndStopped(outcome.exit_status())
+        }
+        (Ending::Signal(stop), _) => Finish::Stopped(stop.exit_status()),
+        (Ending::Failure(index, outcome), aftermath) => {
+            report_failure(&workers[index], &outcome);
+            match aftermath.stop_after_failure {
+                true => Finish::FailedAndStopped(outcome.exit_status()),
+                false => Finish::Failed(outcome.exit_status()),
+            }
         }
     })
 }

@@ -394,3 +394,62 @@ wait
     assert!(!err.contains("ended with"), "138 is how a worker answers SIGUSR1: {err}");
     assert_all_dead(&fake.pids(), Duration::from_millis(500));
 }
+
+#[test]
+fn a_rank_failing_while_stopping_is_reported_and_the_rest_are_killed() {
+    // Rank 1 fails as it handles the SIGTERM (a checkpoint it cannot write, say); rank 0
+    // ignores SIGTERM, as a rank waiting for rank 1 in a collective would seem to.
+    let fake = fake_worker(
+        r#"trap 'if [ "$RANK" = 1 ]; then echo "rank 1 cannot save"; exit 5; fi; touch "$T/term.$RANK"' TERM
+echo $$ > "$T/pid.$RANK"
+while :; do sleep 0.1; done
+"#,
+    );
+    let mut child =
+        fake.launcher(&["--nproc", "2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
+    fake.wait_for_files("pid.", 2);
+    let start = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let out = wait_timeout(&mut child, Duration::from_secs(8));
+    let elapsed = start.elapsed();
+    let err = text(&out.stderr);
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}: {err}");
+    assert_eq!(out.status.code(), Some(5), "the failed rank's status, not 143: {err}");
+    assert!(err.contains("rank 1 failed (exit status 5) while stopping"), "{err}");
+    assert!(err.contains("rank 0 still running 3 s after SIGTERM; sending SIGKILL"), "{err}");
+    assert!(err.contains("rank 1 cannot save"), "the failed rank's last lines: {err}");
+    assert_all_dead(&fake.pids(), Duration::from_millis(500));
+}
+
+#[test]
+fn a_stop_while_ending_after_a_failure_cancels_the_restart() {
+    // Rank 0 fails; rank 1 ignores the SIGTERM that follows, so the launcher is still
+    // ending the job when the user presses Ctrl-C: no restart may follow.
+    let fake = fake_worker(
+        r#"trap 'touch "$T/term.$RANK"' TERM
+echo $$ >> "$T/pid.$RANK"
+if [ "$RANK" = 0 ]; then
+    while [ "$(ls "$T" | grep -c '^pid\.')" -lt 2 ]; do sleep 0.02; done
+    exit 7
+fi
+while :; do sleep 0.1; done
+"#,
+    );
+    let run_dir = fake.dir.path().join("run");
+    let run_dir = run_dir.to_string_lossy().into_owned();
+    let mut child = fake
+        .launcher(&["--nproc", "2", "--max-restarts", "2", "--run-dir", &run_dir])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    fake.wait_for_files("term.", 1);
+    signal(&child, libc::SIGINT);
+    let out = wait_timeout(&mut child, Duration::from_secs(5));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("SIGINT while the job ends after a failure"), "{err}");
+    assert!(!err.contains("restarting the job"), "{err}");
+    assert_eq!(fake.pids().len(), 2, "no worker was started again: {err}");
+    assert_all_dead(&fake.pids(), Duration::from_millis(500));
+}

@@ -23,6 +23,7 @@
 mod client;
 mod connection;
 mod error;
+mod nodelist;
 mod protocol;
 mod secret;
 mod server;
@@ -30,6 +31,7 @@ mod store;
 
 pub use client::Client;
 pub use error::{RejectReason, RendezvousError};
+pub use nodelist::{first_host_of, first_slurm_host};
 pub use protocol::{
     MAX_FRAME_LEN, MAX_HELLO_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, MAX_WAIT, PROTOCOL_VERSION,
 };

@@ -92,7 +92,10 @@ impl DistEnv {
         let job_id: u64 = parse(get("SLURM_JOB_ID")?, "SLURM_JOB_ID")?;
         let master_addr = match v.get("MASTER_ADDR") {
             Some(a) => a.clone(),
-            None => first_host(get("SLURM_JOB_NODELIST")?)?,
+            None => {
+                let list = get("SLURM_JOB_NODELIST")?;
+                hist_rendezvous::first_slurm_host(list).map_err(|why| HistError::Dist(format!("cannot read SLURM_JOB_NODELIST {list:?} ({why}); set MASTER_ADDR")))?
+            }
         };
         let master_port = match v.get("MASTER_PORT") {
             Some(p) => parse(p, "MASTER_PORT")?,
@@ -109,8 +112,9 @@ impl DistEnv {
             master_addr,
             master_port,
             // srun starts every task with the same environment, so a secret exported by the
-            // sbatch script reaches all ranks; without one the job id is the shared value.
-            secret: v.get("HIST_JOB_SECRET").cloned().unwrap_or_else(|| format!("slurm-job-{job_id}")),
+            // sbatch script reaches all ranks. There is no fallback: anything derived from
+            // the job (its id) is readable by every user of the cluster.
+            secret: v.get("HIST_JOB_SECRET").cloned().unwrap_or_default(),
             hosts_rendezvous: rank == 0,
             join_timeout,
         };
@@ -125,7 +129,10 @@ impl DistEnv {
             )));
         }
         if self.world_size > 1 && self.secret.is_empty() {
-            return Err(missing("HIST_JOB_SECRET", "a multi-rank job needs the per-job secret (hist-launch sets it)"));
+            return Err(missing(
+                "HIST_JOB_SECRET",
+                "a multi-rank job needs the per-job secret (hist-launch sets it; under srun export one in the sbatch script, as slurm/srun_tasks.sbatch does)",
+            ));
         }
         Ok(self)
     }
@@ -137,26 +144,6 @@ fn missing(key: &str, why: &str) -> HistError {
 
 fn parse<T: std::str::FromStr>(s: &str, key: &str) -> Result<T> {
     s.trim().parse().map_err(|_| HistError::Dist(format!("environment variable {key}={s:?} is not a valid number")))
-}
-
-/// The first host of a SLURM node list such as `gpu[01-03,07],cpu5` → `gpu01`.
-pub fn first_host(nodelist: &str) -> Result<String> {
-    let first = nodelist.trim();
-    let bad = || HistError::Dist(format!("cannot read SLURM_JOB_NODELIST {nodelist:?}; set MASTER_ADDR"));
-    let end = first.find(',').filter(|&c| first.find('[').is_none_or(|b| c < b)).unwrap_or(first.len());
-    let head = &first[..end];
-    match head.split_once('[') {
-        None if !head.is_empty() => Ok(head.to_string()),
-        None => Err(bad()),
-        Some((prefix, rest)) => {
-            let range = rest.split([',', ']']).next().ok_or_else(bad)?;
-            let start = range.split('-').next().ok_or_else(bad)?;
-            if start.is_empty() {
-                return Err(bad());
-            }
-            Ok(format!("{prefix}{start}"))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -184,23 +171,29 @@ mod tests {
     fn slurm_variables() {
         let e = DistEnv::from_vars(&vars(&[
             ("SLURM_PROCID", "0"), ("SLURM_LOCALID", "0"), ("SLURM_NTASKS", "8"), ("SLURM_JOB_ID", "123456"),
-            ("SLURM_JOB_NODELIST", "gpu[07-08]"), ("SLURM_NTASKS_PER_NODE", "4(x2)"),
+            ("SLURM_JOB_NODELIST", "gpu[07-08]"), ("SLURM_NTASKS_PER_NODE", "4(x2)"), ("HIST_JOB_SECRET", "s"),
         ]))
         .expect("env");
         assert_eq!((e.rank, e.world_size, e.local_world_size), (0, 8, 4));
         assert_eq!(e.master_addr, "gpu07");
         assert_eq!(e.master_port, 20000 + 3456);
         assert!(e.hosts_rendezvous);
-        assert_eq!(e.secret, "slurm-job-123456");
+        assert_eq!(e.secret, "s");
     }
 
     #[test]
-    fn nodelists() {
-        assert_eq!(first_host("node5").ok().as_deref(), Some("node5"));
-        assert_eq!(first_host("a1,b2").ok().as_deref(), Some("a1"));
-        assert_eq!(first_host("gpu[01-03,07],cpu5").ok().as_deref(), Some("gpu01"));
-        assert_eq!(first_host("gpu[3,5]").ok().as_deref(), Some("gpu3"));
-        assert!(first_host("").is_err());
+    fn slurm_needs_an_exported_secret_and_reads_any_nodelist() {
+        let base = [
+            ("SLURM_PROCID", "1"), ("SLURM_LOCALID", "1"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_ID", "77"),
+            ("SLURM_JOB_NODELIST", "n[3-4]-ib,login"),
+        ];
+        let e = DistEnv::from_vars(&vars(&base)).expect_err("no secret");
+        assert!(e.to_string().contains("HIST_JOB_SECRET") && e.to_string().contains("sbatch"), "{e}");
+        let e = DistEnv::from_vars(&vars(&[base.as_slice(), &[("HIST_JOB_SECRET", "s")]].concat())).expect("env");
+        assert_eq!(e.master_addr, "n3-ib");
+        let bad = DistEnv::from_vars(&vars(&[("SLURM_JOB_NODELIST", "n[3-"), ("HIST_JOB_SECRET", "s"), ("SLURM_PROCID", "1"), ("SLURM_LOCALID", "1"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_ID", "77")]))
+            .expect_err("bad list");
+        assert!(bad.to_string().contains("MASTER_ADDR"), "{bad}");
     }
 
     #[test]

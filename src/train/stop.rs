@@ -59,31 +59,38 @@ impl StopReason {
     }
 }
 
-/// The last stop signal received by this process (0 = none).
+/// The strongest stop request this process received, as [`StopReason::code`] (0 = none):
+/// a SIGTERM is not downgraded to a preemption by a later SIGUSR1.
 #[derive(Clone)]
 pub struct StopFlag {
-    signal: Arc<AtomicUsize>,
+    code: Arc<AtomicUsize>,
 }
 
 impl StopFlag {
     /// Registers handlers for SIGINT, SIGTERM and SIGUSR1 that only record the signal.
     pub fn install() -> Result<StopFlag> {
-        let signal = Arc::new(AtomicUsize::new(0));
+        let code = Arc::new(AtomicUsize::new(0));
         for sig in [SIGINT, SIGTERM, SIGUSR1] {
-            signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)
-                .map_err(|e| HistError::Dist(format!("cannot install the handler for signal {sig}: {e}")))?;
+            let reason = StopReason::from_signal(sig as usize).map_or(0, StopReason::code);
+            let flag = Arc::clone(&code);
+            // SAFETY: the action is one atomic read-modify-write, which is
+            // async-signal-safe (no allocation, no lock).
+            unsafe { signal_hook::low_level::register(sig, move || {
+                flag.fetch_max(reason, Ordering::SeqCst);
+            }) }
+            .map_err(|e| HistError::Dist(format!("cannot install the handler for signal {sig}: {e}")))?;
         }
-        Ok(StopFlag { signal })
+        Ok(StopFlag { code })
     }
 
     /// A flag no signal sets (library use, tests).
     pub fn never() -> StopFlag {
-        StopFlag { signal: Arc::new(AtomicUsize::new(0)) }
+        StopFlag { code: Arc::new(AtomicUsize::new(0)) }
     }
 
     /// This rank's own stop request, if any.
     pub fn local(&self) -> Option<StopReason> {
-        StopReason::from_signal(self.signal.load(Ordering::Relaxed))
+        StopReason::from_code(self.code.load(Ordering::Relaxed))
     }
 
     /// The stop request agreed by all ranks after a step: if any rank got a signal, every
@@ -101,5 +108,22 @@ impl StopFlag {
         pg.all_reduce(&mut votes, ReduceOp::Sum)?;
         let counts: Vec<f64> = Vec::<f64>::try_from(&votes.to_device(tch::Device::Cpu)).unwrap_or_default();
         Ok((1..4).rev().find(|&c| counts.get(c).copied().unwrap_or(0.0) > 0.0).and_then(StopReason::from_code))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_strongest_request_is_kept() {
+        // No other test in this binary installs the handlers, so raising is harmless.
+        let flag = StopFlag::install().expect("handlers");
+        assert_eq!(flag.local(), None);
+        for (sig, want) in [(SIGUSR1, StopReason::Preempt), (SIGTERM, StopReason::Terminate), (SIGUSR1, StopReason::Terminate), (SIGINT, StopReason::Terminate)] {
+            // SAFETY: raise only delivers the signal to this process, whose handlers record it.
+            assert_eq!(unsafe { libc::raise(sig) }, 0);
+            assert_eq!(flag.local(), Some(want), "after signal {sig}");
+        }
     }
 }

@@ -120,3 +120,48 @@ fn bad_run_inputs_are_one_line_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn a_resume_after_the_last_checkpoint_finishes_the_run_and_says_what_changed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("run");
+    let dir_s = dir.display().to_string();
+    let mut args = vec!["train", "--run-dir", &dir_s];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(&["--set", "train.epochs=2", "--set", "train.eval_at_start=false"]);
+    let out = run_hist(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // As if killed after the last epoch's checkpoint, before the end of the run.
+    std::fs::remove_file(dir.join("final.safetensors")).expect("remove final");
+    std::fs::remove_file(dir.join("projector_config.pbtxt")).expect("remove projector config");
+    args.extend_from_slice(&["--set", "optim.lr=0.002"]);
+    let out = run_hist(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("optim.lr: 0.001 → 0.002"), "{stdout}");
+    assert!(stdout.contains("final evaluation  R@1"), "{stdout}");
+    assert!(dir.join("final.safetensors").exists() && dir.join("projector_config.pbtxt").exists());
+    let epochs: Vec<u64> = read_metrics(&dir).iter().map(|m| m["epoch"].as_u64().expect("epoch")).collect();
+    assert_eq!(epochs, [1, 2], "{stdout}");
+}
+
+#[test]
+fn a_resume_whose_epochs_are_shorter_than_its_checkpoint_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("run");
+    let dir_s = dir.display().to_string();
+    let mut args = vec!["train", "--run-dir", &dir_s];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(&["--set", "checkpoint.every_steps=1", "--set", "train.max_steps=3", "--set", "train.eval_at_start=false"]);
+    let out = run_hist(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(dir.join("final.safetensors")).expect("remove final");
+    // 480 images in batches of 300: one step an epoch, but the last checkpoint (the stop
+    // at max_steps saves none) is at step 2.
+    args.extend_from_slice(&["--set", "data.sampling=random", "--set", "data.batch_size=300"]);
+    let out = run_hist(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("is at step 2 of an epoch") && err.contains("1 step(s)"), "{err}");
+}

@@ -27,6 +27,13 @@ pub trait Collectives: Send {
     fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<()>;
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<()>;
+    /// Returns once the collectives called so far have finished, or fails when they
+    /// cannot (a peer died or stalled). Call it before reading their results on the host:
+    /// a plain device-to-host copy would wait for ever on a collective stuck on a dead
+    /// peer. Backends whose collectives return finished (CPU) have nothing to wait for.
+    fn finish_pending(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The backend of a one-rank job: every collective is the identity.

@@ -146,7 +146,9 @@ pub fn embed_sharded(
     if pad > 0 {
         flagged = Tensor::cat(&[flagged.shallow_clone(), Tensor::zeros([pad, flagged.size()[1]], (flagged.kind(), Device::Cpu))], 0);
     }
-    let gathered = gather(pg, &flagged.to_device(device))?.to_device(Device::Cpu);
+    let gathered = gather(pg, &flagged.to_device(device))?;
+    pg.finish_pending()?;
+    let gathered = gathered.to_device(Device::Cpu);
     let d = gathered.size()[1] - 1;
     let mut rows = Vec::with_capacity(n);
     for q in 0..w {

@@ -94,18 +94,20 @@ pub fn prepare_run_dir(dir: &Path, config: &Config) -> Result<()> {
     })
 }
 
-/// Drops `metrics.jsonl` lines recorded after `global_step`, so a resumed run continues the
-/// file without duplicated or missing steps.
-pub fn truncate_metrics_after(dir: &Path, global_step: usize) -> Result<()> {
+/// Drops the `metrics.jsonl` lines a resumed run will write again: those after
+/// `global_step`, and those of epochs after the `completed_epochs` its checkpoint had
+/// finished (an epoch's line shares the step of a checkpoint saved at its last step, before
+/// its evaluation). The file is rewritten in place: the run's logger appends to it.
+pub fn truncate_metrics_after(dir: &Path, global_step: usize, completed_epochs: usize) -> Result<()> {
     let path = dir.join(STARTED_MARKER);
     let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
     let kept: Vec<&str> = text
         .lines()
         .filter(|line| {
-            serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= global_step)
+            serde_json::from_str::<serde_json::Value>(line).ok().is_some_and(|v| {
+                let at = |key: &str| v[key].as_u64().map(|n| n as usize);
+                at("step").is_some_and(|s| s <= global_step) && at("epoch").is_some_and(|e| e <= completed_epochs)
+            })
         })
         .collect();
     let mut out = kept.join("\n");
@@ -122,4 +124,25 @@ pub fn clear_metrics(dir: &Path) -> Result<()> {
         fs::write(&path, "").map_err(|e| HistError::io(&path, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_keeps_only_the_lines_before_its_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(STARTED_MARKER);
+        // Six steps an epoch; the run stopped on epoch 2's last step (step 12) and its
+        // epoch-2 line (step 12 too) was written before the run died again.
+        let lines = [r#"{"epoch":0,"step":0}"#, r#"{"epoch":1,"step":6}"#, r#"{"epoch":2,"step":12}"#, r#"{"epoch":3,"step":18}"#];
+        fs::write(&path, lines.join("\n") + "\n").expect("write");
+        truncate_metrics_after(dir.path(), 12, 1).expect("truncate");
+        assert_eq!(fs::read_to_string(&path).expect("read"), lines[..2].join("\n") + "\n");
+        // From the epoch-end checkpoint of epoch 2, its line stays.
+        fs::write(&path, lines.join("\n") + "\n").expect("write");
+        truncate_metrics_after(dir.path(), 12, 2).expect("truncate");
+        assert_eq!(fs::read_to_string(&path).expect("read"), lines[..3].join("\n") + "\n");
+    }
 }

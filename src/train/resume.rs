@@ -161,6 +161,7 @@ fn share_path(pg: &mut dyn Collectives, path: Option<PathBuf>, device: Device) -
     }
     let mut t = Tensor::from_slice(&buf).to_kind(Kind::Uint8).to_device(device);
     pg.broadcast(&mut t, 0)?;
+    pg.finish_pending()?;
     let got: Vec<u8> = Vec::<u8>::try_from(&t.to_device(Device::Cpu)).map_err(HistError::Torch)?;
     if got.first() != Some(&1) {
         return Ok(None);
@@ -218,5 +219,71 @@ impl<'a> Checkpointing<'a> {
             store.save(&meta, &tensors)?;
         }
         pg.barrier()
+    }
+}
+/// Config keys that change where or for how long a run goes, not what it computes: a
+/// resume may change them without a word (a trailing dot covers a whole section).
+const FREE_ON_RESUME: [&str; 13] = [
+    "name",
+    "device",
+    "data.root",
+    "data.loader_threads",
+    "data.prefetch_batches",
+    "train.epochs",
+    "train.max_steps",
+    "train.log_every",
+    "train.print_every",
+    "train.eval_at_start",
+    "eval.",
+    "dist.",
+    "checkpoint.",
+];
+
+/// The keys, as `key: saved → now`, in which `config` differs from the config a checkpoint
+/// was saved with (`saved_yaml`), leaving out those [`FREE_ON_RESUME`]; empty when the
+/// saved config cannot be read.
+pub fn config_changes(saved_yaml: &str, config: &Config) -> Vec<String> {
+    use crate::telemetry::hparams::{flatten_hparams, HParamValue};
+    let (Ok(saved), Ok(now)) = (serde_yaml_ng::from_str::<serde_json::Value>(saved_yaml), serde_json::to_value(config)) else {
+        return Vec::new();
+    };
+    let free = |key: &str| FREE_ON_RESUME.iter().any(|f| if f.ends_with('.') { key.starts_with(f) } else { key == *f });
+    let text = |v: Option<&HParamValue>| match v {
+        None => "unset".to_string(),
+        Some(HParamValue::Number(x)) => x.to_string(),
+        Some(HParamValue::Text(t)) => t.clone(),
+        Some(HParamValue::Bool(b)) => b.to_string(),
+    };
+    let (saved, now) = (flatten_hparams(&saved), flatten_hparams(&now));
+    let mut keys: Vec<&String> = saved.iter().chain(&now).map(|(k, _)| k).filter(|k| !free(k)).collect();
+    keys.sort();
+    keys.dedup();
+    let find = |list: &'_ [(String, HParamValue)], key: &str| list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    keys.into_iter()
+        .filter_map(|key| {
+            let (a, b) = (find(&saved, key), find(&now, key));
+            (a != b).then(|| format!("{key}: {} → {}", text(a.as_ref()), text(b.as_ref())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_config_str, ConfigSource};
+
+    fn demo(sets: &[&str]) -> Config {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        load_config_str(include_str!("../../configs/demo.yaml"), ConfigSource::Embedded("demo"), &sets).expect("demo config")
+    }
+
+    #[test]
+    fn config_changes_name_what_changes_the_run_and_skip_the_rest() {
+        let saved = serde_yaml_ng::to_string(&demo(&[])).expect("yaml");
+        let free = demo(&["train.epochs=99", "device=cpu", "checkpoint.keep=7", "eval.batch_size=3", "name=other"]);
+        assert_eq!(config_changes(&saved, &free), Vec::<String>::new());
+        let changed = demo(&["optim.lr=0.002", "seed=5", "train.epochs=99"]);
+        assert_eq!(config_changes(&saved, &changed), vec!["optim.lr: 0.001 → 0.002".to_string(), "seed: 0 → 5".to_string()]);
+        assert_eq!(config_changes("not: [valid", &changed), Vec::<String>::new());
     }
 }

@@ -106,6 +106,8 @@ pub fn train_step(
     with_sync_bn(pg, || objective.backward())?;
     let t_reduce = Instant::now();
     reduce_gradients(pg, reduce_params, bucket_bytes)?;
+    // Before any host read of this step's results (the scaler's verdict, the losses).
+    pg.finish_pending()?;
     comm_seconds += t_reduce.elapsed().as_secs_f64();
     // Unscaled after the all-reduce: every rank holds the same gradients here, so every rank
     // reaches the same verdict without a collective of its own (train::grad_scaler).
@@ -134,6 +136,7 @@ fn gather_present(pg: &mut dyn Collectives, local: &Tensor, present: &[bool], la
     let flagged = Tensor::cat(&[local.shallow_clone(), Tensor::ones([local.size()[0], 1], (kind, device))], 1);
     let padded = Tensor::zeros([present.len() as i64, d + 1], (kind, device)).index_copy(0, &Tensor::from_slice(&rows).to_device(device), &flagged);
     let global = gather_with_grad(pg, &padded)?;
+    pg.finish_pending()?;
     let flags = Vec::<f64>::try_from(global.select(1, d).detach().to_device(Device::Cpu).to_kind(Kind::Double))?;
     let keep: Vec<i64> = (0..flags.len() as i64).filter(|&i| flags[i as usize] > 0.5).collect();
     let dropped: Vec<usize> = (0..flags.len()).filter(|&i| flags[i] <= 0.5).collect();

@@ -106,6 +106,7 @@ impl StopFlag {
         // On the training device, since NCCL only reduces CUDA tensors.
         let mut votes = Tensor::from_slice(&one_hot).to_kind(Kind::Double).to_device(device);
         pg.all_reduce(&mut votes, ReduceOp::Sum)?;
+        pg.finish_pending()?;
         let counts: Vec<f64> = Vec::<f64>::try_from(&votes.to_device(tch::Device::Cpu)).unwrap_or_default();
         Ok((1..4).rev().find(|&c| counts.get(c).copied().unwrap_or(0.0) > 0.0).and_then(StopReason::from_code))
     }

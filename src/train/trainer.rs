@@ -12,7 +12,7 @@ use super::grad_scaler::GradScaler;
 use super::optim::{Optimizer, OptimizerKind};
 use super::param_groups::{base_lrs, param_groups, scheduled_lr, set_trunk_frozen, GROUP_NAMES};
 use super::step::{check_shardable, train_step, StepBatch};
-use super::resume::{choose_checkpoint, compat, load_compatible, restore, Checkpointing, ResumePoint};
+use super::resume::{choose_checkpoint, compat, config_changes, load_compatible, restore, Checkpointing, ResumePoint};
 use super::stop::{StopFlag, StopReason};
 use crate::config::{parse_device, BadImagePolicy, Config, DataSource, OptimName, Sampling};
 use crate::data::sampler::{BalancedSampler, RandomSampler, Sampler};
@@ -291,6 +291,24 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     if let Some(path) = choose_checkpoint(pg, checkpoints.store(), device)? {
         let loaded = load_compatible(&path, &compat(config, classes))?;
         point = restore(&loaded, &state, &mut optimizer, scaler.as_mut())?;
+        if point.step_in_epoch > sampler.steps_per_epoch() {
+            return Err(HistError::config(
+                "data.batch_size",
+                format!(
+                    "the checkpoint {} is at step {} of an epoch, but an epoch of this config has {} step(s) (the batch size, sampling or dataset changed); resume with the checkpoint's data settings, or start a new run",
+                    path.display(),
+                    point.step_in_epoch,
+                    sampler.steps_per_epoch()
+                ),
+            ));
+        }
+        let changes = config_changes(&loaded.meta.config_yaml, config);
+        if !changes.is_empty() {
+            say(&format!(
+                "the config differs from the checkpoint's in {}; continuing with the new values, so the run will not repeat an uninterrupted one",
+                changes.join(", ")
+            ));
+        }
         if loaded.meta.world_size != pg.world_size() {
             say(&format!(
                 "the checkpoint was written by {} rank(s); continuing with {} (the batch plan does not depend on the world size)",
@@ -306,7 +324,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
             point.step_in_epoch
         ));
         if let Some(dir) = run_dir {
-            truncate_metrics_after(dir, point.global_step)?;
+            truncate_metrics_after(dir, point.global_step, point.epoch)?;
         }
         if let Some(l) = logger.as_mut() {
             let note = format!("resumed from {} at step {}", path.display(), point.global_step);
@@ -358,7 +376,13 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     let range = PlanRange { from: (point.epoch, point.step_in_epoch), epochs: config.train.epochs, rank, world, hflip: config.data.hflip };
     let mut batches = TrainBatches::new(&splits.train, &spec, &sampler, range)?;
     let t_run = Instant::now();
-    for epoch in point.epoch..config.train.epochs {
+    // A resume with train.max_steps at or below the checkpoint's step trains no more.
+    let max_steps_reached = config.train.max_steps > 0 && point.global_step >= config.train.max_steps;
+    if max_steps_reached {
+        say(&format!("the checkpoint is at step {}: train.max_steps = {} is reached", point.global_step, config.train.max_steps));
+    }
+    let first_epoch = if max_steps_reached { config.train.epochs } else { point.epoch };
+    for epoch in first_epoch..config.train.epochs {
         let resumed_here = epoch == point.epoch;
         let t_epoch = Instant::now();
         for (g, &b) in base.iter().enumerate() {
@@ -496,6 +520,15 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
             say(&format!("stopped at train.max_steps = {}", config.train.max_steps));
             break;
         }
+    }
+    if stopped.is_none() && last_eval.is_none() {
+        // Nothing trained in this session (resumed at the end of training): the final
+        // evaluation, for the summary and the projector, is still owed.
+        let eval = evaluate(pg, config, &state, &splits, &spec, device)?;
+        warn_skipped(&say, &mut warned, &splits.test, true, &eval.skipped);
+        say(&format!("final evaluation  {}", format_recall(&eval.recall)));
+        final_recall = eval.recall.clone();
+        last_eval = Some(eval);
     }
     if let (Some(dir), None) = (run_dir, stopped) {
         save_final(&state, &dir.join("final.safetensors"))?;

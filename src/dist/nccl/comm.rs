@@ -306,6 +306,11 @@ impl Collectives for Nccl {
         self.all_reduce(&mut token, ReduceOp::Sum)?;
         self.wait()
     }
+
+    /// [`Nccl::wait`]: bounded by the communicator's timeout, aborting it on a dead peer.
+    fn finish_pending(&mut self) -> Result<()> {
+        self.wait()
+    }
 }
 
 impl Drop for Nccl {

@@ -63,9 +63,37 @@ pub(crate) fn rename_synced(from: &Path, to: &Path, parent: &Path) -> Result<()>
     sync_dir(parent)
 }
 
+/// Swaps the entries `a` and `b` of folder `parent` in one atomic step (Linux's
+/// `renameat2` with `RENAME_EXCHANGE`) and flushes `parent`. `Ok(false)`, with nothing
+/// changed, where the file system cannot (NFS, for one).
+pub(crate) fn exchange_synced(a: &Path, b: &Path, parent: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    if fault("exchange", b).is_err() {
+        return Ok(false); // tests: a file system without the exchange
+    }
+    let c_path = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io_error(p, "exchange", std::io::Error::from(std::io::ErrorKind::InvalidInput)))
+    };
+    let (ca, cb) = (c_path(a)?, c_path(b)?);
+    // SAFETY: two NUL-terminated paths that live across the call; AT_FDCWD resolves them
+    // as given.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+            _ => Err(io_error(b, &format!("exchange with {}", a.display()), err)),
+        };
+    }
+    sync_dir(parent)?;
+    Ok(true)
+}
+
 /// Removes the folder `dir` inside `root`: first renamed to a scratch name (one atomic
 /// step, so a crash never leaves a half-deleted folder under a checkpoint's name), then
-/// deleted; a crash in between leaves scratch that the next save removes.
+/// deleted. Once renamed it is out of every checkpoint's way, so a failure to delete it
+/// (files still open on NFS, say) is only a warning; the next save tries again.
 pub(crate) fn remove_dir_via_rename(root: &Path, dir: &Path) -> Result<()> {
     let label = dir
         .file_name()
@@ -74,7 +102,16 @@ pub(crate) fn remove_dir_via_rename(root: &Path, dir: &Path) -> Result<()> {
     let doomed = root.join(temp_name(&format!("removed-{label}")));
     std::fs::rename(dir, &doomed).map_err(|e| io_error(dir, "move aside for removal", e))?;
     sync_dir(root)?;
-    std::fs::remove_dir_all(&doomed).map_err(|e| io_error(&doomed, "remove", e))
+    remove_scratch_or_warn(&doomed);
+    Ok(())
+}
+
+/// [`remove_scratch`], a failure only warned about: scratch names are unique and nothing
+/// loads them, so one that cannot go yet harms nothing but disk space.
+pub(crate) fn remove_scratch_or_warn(path: &Path) {
+    if let Err(e) = remove_scratch(path) {
+        eprintln!("warning: {e} (leftover scratch; the next checkpoint save tries again)");
+    }
 }
 
 /// Removes a scratch entry, file or folder; missing is fine (another cleanup got there).

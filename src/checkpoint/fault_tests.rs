@@ -72,3 +72,27 @@ fn failed_replacement_of_the_same_step_restores_the_old_one() {
     assert_eq!(loaded.tensors.model[0].1.double_value(&[0, 0]), 2.0);
     assert_eq!(store.list().unwrap().len(), 1);
 }
+
+#[test]
+fn replacement_without_an_atomic_exchange_still_replaces() {
+    let run = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(run.path(), 3);
+    let path = store.save(&meta(5), &tensors(1.0)).unwrap();
+    fail_next("exchange");
+    assert_eq!(store.save(&meta(5), &tensors(2.0)).unwrap(), path);
+    let loaded = store.load_latest().unwrap().unwrap();
+    assert_eq!((loaded.tensors.model[0].1.double_value(&[0, 0]), loaded.skipped.len()), (2.0, 0));
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert!(temp_entries(store.root()).unwrap().is_empty(), "scratch left behind");
+}
+
+#[test]
+fn an_exchanged_replacement_leaves_no_scratch_and_the_new_tensors() {
+    let run = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(run.path(), 3);
+    let path = store.save(&meta(5), &tensors(1.0)).unwrap();
+    assert_eq!(store.save(&meta(5), &tensors(3.0)).unwrap(), path);
+    let loaded = store.load_latest().unwrap().unwrap();
+    assert_eq!(loaded.tensors.model[0].1.double_value(&[0, 0]), 3.0);
+    assert!(temp_entries(store.root()).unwrap().is_empty(), "scratch left behind");
+}

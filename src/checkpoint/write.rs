@@ -1,15 +1,17 @@
 //! Saving a checkpoint: the atomicity protocol.
 //!
 //! 1. Remove scratch left by an interrupted writer (`.tmp-…`).
-//! 2. Write tensors.safetensors and meta.json (with the tensor file's size and CRC32C) in a
-//!    fresh scratch folder; fsync both files and the folder.
-//! 3. Rename the scratch folder to `step-<global_step:09>`; fsync `checkpoints/`.
-//! 4. Write COMPLETE (meta.json's size and CRC32C); fsync it and the step folder.
-//! 5. Apply retention and point `best` at the best checkpoint.
+//! 2. Write tensors.safetensors, meta.json (with the tensor file's size and CRC32C) and
+//!    COMPLETE (meta.json's size and CRC32C) in a fresh scratch folder; fsync the three
+//!    files and the folder.
+//! 3. Rename the scratch folder to `step-<global_step:09>`, or, when a checkpoint of that
+//!    step exists, exchange the two atomically; fsync `checkpoints/`.
+//! 4. Apply retention and point `best` at the best checkpoint.
 //!
-//! A crash before 3 leaves only scratch; between 3 and 4 a folder without COMPLETE, which
-//! is never loaded and which the next save removes. A failure (a full disk, say) before 4
-//! removes what this save wrote and returns the error; earlier checkpoints are untouched.
+//! So a checkpoint appears under its name complete, in one step: a crash leaves either
+//! the old state or the new, plus scratch that nothing loads and the next save removes. A
+//! failure (a full disk, say) removes what this save wrote and returns the error; earlier
+//! checkpoints are untouched.
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -17,8 +19,8 @@ use tch::{Device, Tensor};
 
 use super::digest::{complete_marker, FileDigest};
 use super::durable::{
-    create_dir_synced, fault, io_error, remove_dir_via_rename, remove_scratch, rename_synced,
-    sync_dir, sync_file, write_file_synced,
+    create_dir_synced, exchange_synced, fault, io_error, remove_scratch, remove_scratch_or_warn,
+    rename_synced, sync_dir, sync_file, write_file_synced,
 };
 use super::layout::{
     step_dir_name, temp_entries, temp_name, COMPLETE_FILE, META_FILE, MODEL_PREFIX, OPTIM_PREFIX,
@@ -52,7 +54,7 @@ impl CheckpointStore {
         let named = named_tensors(tensors, &final_dir)?;
         create_dir_synced(&self.root)?;
         for stale in temp_entries(&self.root)? {
-            remove_scratch(&stale)?;
+            remove_scratch_or_warn(&stale);
         }
 
         let scratch = self.root.join(temp_name(&name));
@@ -63,12 +65,11 @@ impl CheckpointStore {
                 return Err(e);
             }
         };
-        publish(&self.root, &scratch, &final_dir)?;
-        if let Err(e) = mark_complete(&final_dir, &meta_digest) {
-            // Leave no half-made checkpoint behind; if even this fails it stays unloadable.
-            let _ = remove_dir_via_rename(&self.root, &final_dir);
+        if let Err(e) = mark_complete(&scratch, &meta_digest) {
+            let _ = remove_scratch(&scratch);
             return Err(e);
         }
+        publish(&self.root, &scratch, &final_dir)?;
         self.apply_retention(meta.global_step)
             .map_err(|e| match e {
                 HistError::Io { path, message } => HistError::Io {
@@ -148,10 +149,36 @@ fn stage(scratch: &Path, meta: &CheckpointMeta, named: &[(String, Tensor)]) -> R
     Ok(FileDigest::of_bytes(&bytes))
 }
 
-/// Step 3: `scratch` becomes `final_dir`. A folder already there (a checkpoint of the
-/// same step, e.g. saved again after a resume) is moved aside first and restored if the
-/// rename fails, so a failed save never loses it.
+/// Step 3: `scratch` (complete) becomes `final_dir`. A folder already there (a checkpoint
+/// of the same step: saved at an epoch's last step and again at its end, or again after
+/// a resume) is exchanged with it in one atomic step where the file system can, so that
+/// name always holds one complete checkpoint; elsewhere see [`replace_in_two_steps`].
 fn publish(root: &Path, scratch: &Path, final_dir: &Path) -> Result<()> {
+    let replacing = std::fs::symlink_metadata(final_dir).is_ok();
+    let moved = fault("publish", final_dir).and_then(|()| match replacing {
+        false => rename_synced(scratch, final_dir, root).map(|()| true),
+        true => exchange_synced(scratch, final_dir, root),
+    });
+    match moved {
+        // After an exchange `scratch` holds the replaced checkpoint.
+        Ok(true) => {
+            if replacing {
+                remove_scratch_or_warn(scratch);
+            }
+            Ok(())
+        }
+        Ok(false) => replace_in_two_steps(root, scratch, final_dir),
+        Err(e) => {
+            let _ = remove_scratch(scratch);
+            Err(e)
+        }
+    }
+}
+
+/// Replaces `final_dir` by `scratch` without an atomic exchange: the old folder is moved
+/// aside first and restored if the rename fails, so a failed save never loses it; a crash
+/// between the two renames leaves only scratch copies of that step (docs/checkpoints.md).
+fn replace_in_two_steps(root: &Path, scratch: &Path, final_dir: &Path) -> Result<()> {
     let aside = match std::fs::symlink_metadata(final_dir) {
         Ok(_) => {
             let label = format!(
@@ -170,7 +197,7 @@ fn publish(root: &Path, scratch: &Path, final_dir: &Path) -> Result<()> {
         }
         Err(_) => None,
     };
-    let moved = fault("publish", final_dir).and_then(|()| rename_synced(scratch, final_dir, root));
+    let moved = rename_synced(scratch, final_dir, root);
     match (moved, aside) {
         (Ok(()), Some(aside)) => {
             // Scratch now; if removal fails here the next save's cleanup gets it.
@@ -188,10 +215,10 @@ fn publish(root: &Path, scratch: &Path, final_dir: &Path) -> Result<()> {
     }
 }
 
-/// Step 4: the COMPLETE marker, durable in its folder.
-fn mark_complete(final_dir: &Path, meta_digest: &FileDigest) -> Result<()> {
-    let marker = final_dir.join(COMPLETE_FILE);
+/// End of step 2: the COMPLETE marker, durable in the scratch folder.
+fn mark_complete(scratch: &Path, meta_digest: &FileDigest) -> Result<()> {
+    let marker = scratch.join(COMPLETE_FILE);
     fault("complete", &marker)?;
     write_file_synced(&marker, complete_marker(meta_digest).as_bytes())?;
-    sync_dir(final_dir)
+    sync_dir(scratch)
 }

@@ -791,3 +791,34 @@ fn run_logger_outputs_load_in_tensorboard_plugins() {
         );
     }
 }
+
+#[test]
+fn a_resumed_session_replaces_what_a_crashed_one_logged_after_its_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Session 1 logs steps 1..=10 and dies; its last checkpoint was at step 5.
+    {
+        let mut first = SummaryWriter::create(dir.path()).expect("writer");
+        first.add_session_start(0).expect("start");
+        for step in 1..=10 {
+            first.add_scalar("train/loss", 1.0, step).expect("scalar");
+        }
+        first.flush().expect("flush");
+    }
+    // Session 2 resumes from step 5 and logs 6..=12 with other values.
+    {
+        let mut second = SummaryWriter::create(dir.path()).expect("writer");
+        second.add_session_start(6).expect("start");
+        for step in 6..=12 {
+            second.add_scalar("train/loss", 2.0, step).expect("scalar");
+        }
+    }
+    let read = read_with_tensorboard(dir.path());
+    let points: Vec<(i64, f64)> = read["scalars"]["train/loss"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|p| (p[0].as_i64().expect("step"), p[1].as_f64().expect("value")))
+        .collect();
+    let want: Vec<(i64, f64)> = (1..=12).map(|s| (s, if s <= 5 { 1.0 } else { 2.0 })).collect();
+    assert_eq!(points, want);
+}

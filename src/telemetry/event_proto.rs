@@ -15,7 +15,7 @@ pub struct Event {
     #[prost(int64, tag = "2")]
     pub step: i64,
     /// What the record carries; only the variants the writer emits are modelled.
-    #[prost(oneof = "EventWhat", tags = "3, 5")]
+    #[prost(oneof = "EventWhat", tags = "3, 5, 7")]
     pub what: Option<EventWhat>,
 }
 
@@ -28,7 +28,27 @@ pub enum EventWhat {
     /// A batch of summary values.
     #[prost(message, tag = "5")]
     Summary(Summary),
+    /// A session event; START marks where a (re)started session takes over.
+    #[prost(message, tag = "7")]
+    SessionLog(SessionLog),
 }
+
+/// `tensorflow.SessionLog`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionLog {
+    /// `SessionStatus`: 1 = START, 2 = STOP, 3 = CHECKPOINT.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+    /// Checkpoint the session relates to, if any.
+    #[prost(string, tag = "2")]
+    pub checkpoint_path: String,
+    /// Free text.
+    #[prost(string, tag = "3")]
+    pub msg: String,
+}
+
+/// `SessionLog.SessionStatus.START`.
+pub const SESSION_START: i32 = 1;
 
 /// `tensorflow.Summary`: values recorded at one step.
 #[derive(Clone, PartialEq, prost::Message)]

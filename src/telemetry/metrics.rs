@@ -78,6 +78,18 @@ impl RunLogger {
         })
     }
 
+    /// Marks where this session takes the run over (TensorBoard then drops what a crashed
+    /// session logged from `step` on; see [`SummaryWriter::add_session_start`]).
+    pub fn session_start(&mut self, step: usize) -> Result<()> {
+        self.tensorboard.add_session_start(step as i64)
+    }
+
+    /// Pushes buffered TensorBoard records to the file: before a checkpoint, so that a
+    /// resume from it has everything logged up to it.
+    pub fn flush(&mut self) -> Result<()> {
+        self.tensorboard.flush()
+    }
+
     /// A training scalar at `step`.
     pub fn scalar(&mut self, tag: &str, value: f64, step: usize) -> Result<()> {
         self.tensorboard.add_scalar(tag, value, step as i64)

@@ -14,8 +14,8 @@ use image::RgbImage;
 use prost::Message;
 
 use super::event_proto::{
-    Event, EventWhat, PluginData, Summary, SummaryImage, SummaryMetadata, SummaryValue,
-    SummaryValueKind, TensorProto, TensorShapeProto, DT_STRING,
+    Event, EventWhat, PluginData, SessionLog, Summary, SummaryImage, SummaryMetadata,
+    SummaryValue, SummaryValueKind, TensorProto, TensorShapeProto, DT_STRING, SESSION_START,
 };
 use super::histogram::{bucket_values, DEFAULT_BUCKETS};
 use super::hparams::{self, HParamValue, SessionStatus};
@@ -183,6 +183,20 @@ impl SummaryWriter {
     /// its event files together), so a later end record of the same run is ignored.
     pub fn end_hparams_session(&mut self, status: SessionStatus, step: i64) -> Result<()> {
         self.write_summary(hparams::session_end_summary(status, wall_time()), step)?;
+        self.flush()
+    }
+
+    /// Marks the start of a session that continues the run from `step` on (a fresh run: 0).
+    /// TensorBoard takes the first START of a run as its beginning and, at every later
+    /// one, drops the events it read with a step ≥ `step`: what a crashed session logged
+    /// after its last checkpoint, which the resumed session logs again.
+    pub fn add_session_start(&mut self, step: i64) -> Result<()> {
+        let event = Event {
+            wall_time: wall_time(),
+            step,
+            what: Some(EventWhat::SessionLog(SessionLog { status: SESSION_START, checkpoint_path: String::new(), msg: String::new() })),
+        };
+        self.write_event(&event)?;
         self.flush()
     }
 

@@ -327,6 +327,8 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
             truncate_metrics_after(dir, point.global_step, point.epoch)?;
         }
         if let Some(l) = logger.as_mut() {
+            // Logged again by this session: anything a crashed one logged after the checkpoint.
+            l.session_start(point.global_step + 1)?;
             let note = format!("resumed from {} at step {}", path.display(), point.global_step);
             l.text("run/resumed", &note, point.global_step)?;
             l.scalar("run/resumed_at_step", point.global_step as f64, point.global_step)?;
@@ -334,6 +336,9 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
     } else if let Some(dir) = run_dir {
         // A restart of a run that failed before its first checkpoint begins again.
         clear_metrics(dir)?;
+        if let Some(l) = logger.as_mut() {
+            l.session_start(0)?;
+        }
     }
     if point.global_step == 0 {
         // A fresh run starts from model.pretrained (every rank reads it); a resumed one from its checkpoint.
@@ -453,11 +458,17 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
                 break;
             }
             if let Some(reason) = stop.agreed(pg, device)? {
+                if let Some(l) = logger.as_mut() {
+                    l.flush()?;
+                }
                 checkpoints.save(pg, &state, &optimizer, scaler.as_ref(), &here, None)?;
                 stopped = Some(reason);
                 break;
             }
             if checkpoints.due(global_step) {
+                if let Some(l) = logger.as_mut() {
+                    l.flush()?;
+                }
                 checkpoints.save(pg, &state, &optimizer, scaler.as_ref(), &here, None)?;
             }
         }

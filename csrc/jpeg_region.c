@@ -6,9 +6,10 @@
  * image's decode byte for byte (tests/data_jpeg_region.rs).
  *
  * Errors never exit: libjpeg's error_exit longjmps back to the entry point, which returns
- * a code, and the message stays in the handle. The warnings that mean data is missing
- * (the file ends early, or a marker cuts a segment short) are errors too: libjpeg would
- * otherwise fill the rest of the picture with grey, and PIL refuses truncated files. */
+ * a code, and the message stays in the handle. The warning that the file ends early is
+ * an error too: libjpeg would fill the rest of the picture with grey, where PIL raises
+ * "image file is truncated". A marker that cuts a segment short inside a complete file
+ * (a corrupt scan) stays a warning, as PIL ignores it: the missing blocks decode grey. */
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h> /* jpeglib.h needs FILE and size_t first */
@@ -30,7 +31,8 @@ enum {
   HIST_JPEG_ERROR = 1,       /* invalid data or a libjpeg limit: the message says which */
   HIST_JPEG_TRUNCATED = 2,   /* the data ends early */
   HIST_JPEG_UNSUPPORTED = 3, /* a colour space libjpeg cannot give as RGB (CMYK, YCCK, ...) */
-  HIST_JPEG_BAD_CALL = 4     /* region outside the image, or calls out of order */
+  HIST_JPEG_BAD_CALL = 4,    /* region outside the image, or calls out of order */
+  HIST_JPEG_DAMAGED = 5      /* a partial region met a corrupt scan: decode the whole image */
 };
 
 typedef struct {
@@ -40,6 +42,7 @@ typedef struct {
   int failure; /* the code that the longjmp returns */
   int header_read;
   uint32_t rows_left; /* of the started region */
+  int partial;        /* the started region skips rows or crops columns */
   char message[JMSG_LENGTH_MAX];
 } hist_jpeg;
 
@@ -53,10 +56,15 @@ static void fail(j_common_ptr info, int code) {
 static void on_error(j_common_ptr info) { fail(info, HIST_JPEG_ERROR); }
 
 /* level -1: a warning; 0 and up: trace messages, ignored. Other warnings (stray bytes
- * between markers, a bad Huffman code) are ignored as PIL ignores them. */
+ * between markers, a bad Huffman code, a segment cut short by a marker) are ignored as
+ * PIL ignores them. But a partial region that meets a segment cut short gives pixels
+ * other than the whole decode's (skipping and cropping recover from the damage
+ * differently), so it asks for a whole decode instead. */
 static void on_message(j_common_ptr info, int level) {
+  if (level >= 0) return;
   int code = info->err->msg_code;
-  if (level < 0 && (code == JWRN_JPEG_EOF || code == JWRN_HIT_MARKER)) fail(info, HIST_JPEG_TRUNCATED);
+  if (code == JWRN_JPEG_EOF) fail(info, HIST_JPEG_TRUNCATED);
+  if (code == JWRN_HIT_MARKER && ((hist_jpeg *)info->client_data)->partial) fail(info, HIST_JPEG_DAMAGED);
 }
 
 static void quiet(j_common_ptr info) { (void)info; }
@@ -123,6 +131,7 @@ int hist_jpeg_start_region(hist_jpeg *h, uint32_t x, uint32_t y, uint32_t w, uin
     return HIST_JPEG_BAD_CALL;
   }
   h->header_read = 0; /* one decode per header */
+  h->partial = y > 0 || x > 0 || w < d->image_width;
   if (setjmp(h->jump)) return h->failure;
   d->out_color_space = JCS_RGB;
   jpeg_start_decompress(d);

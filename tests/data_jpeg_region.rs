@@ -261,3 +261,24 @@ fn truncated_and_corrupt_files_fail_naming_the_file() {
     assert_eq!(batch.present, [vec![true], vec![false; bad.len()]].concat());
     assert_eq!(batch.images.size(), [1, 3, 32, 32]);
 }
+
+#[test]
+fn a_scan_cut_short_inside_a_complete_file_decodes_as_pil_does() {
+    // Scraped image sets hold such files: the data stops mid-scan but the file still ends
+    // with EOI. PIL decodes them (the missing blocks grey); only data that runs out is
+    // "truncated". Both decoders, whole and by region, must give the same picture.
+    let (_dir, paths) = jpegs();
+    let good = paths.iter().find(|p| p.to_string_lossy().contains("420_q90")).expect("a 4:2:0 file");
+    let bytes = std::fs::read(good).expect("read");
+    let mut damaged = bytes[..bytes.len() * 6 / 10].to_vec();
+    damaged.extend_from_slice(&[0xFF, 0xD9]);
+    let whole = decode_bytes(&damaged).expect("a corrupt scan in a complete file decodes");
+    let (w, h) = (whole.width(), whole.height());
+    // The bottom-right corner lies in the lost part of the scan: grey, as PIL gives it.
+    assert_eq!(whole.get_pixel(w - 1, h - 1).0, [128, 128, 128]);
+    let zune = decode_jpeg_zune(&damaged).expect("zune-jpeg decodes it too");
+    assert_eq!((zune.width(), zune.height()), (w, h));
+    let corner = CropBox { left: w / 2, top: h / 2, width: w / 2, height: h / 2 };
+    let (image, within) = decode_bytes_region(&damaged, |_, _| corner).expect("region");
+    assert!(cut(&image, within) == cut(&whole, corner), "the region differs from the whole decode's");
+}

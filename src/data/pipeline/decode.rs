@@ -8,8 +8,9 @@
 //! (CMYK, YCCK). PNG: the `image` crate.
 //!
 //! A truncated JPEG is an error (PIL raises "image file is truncated"), not the grey-filled
-//! picture a lenient decoder returns. libjpeg-turbo reports missing data as a warning,
-//! which the shim makes an error. zune-jpeg decodes strictly first; when the strict decoder
+//! picture a lenient decoder returns. libjpeg-turbo reports the early end as a warning,
+//! which the shim makes an error; a scan cut short inside a file that ends properly (a
+//! corrupt scan) decodes with grey blocks, as in PIL. zune-jpeg decodes strictly first; when the strict decoder
 //! objects to anything but missing data (stray bytes between markers and the like, which
 //! libjpeg only warns about), it decodes again leniently.
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -30,7 +31,6 @@ use crate::error::{HistError, Result};
 
 const JPEG_MAGIC: [u8; 2] = [0xFF, 0xD8];
 /// The EOI marker that ends a complete JPEG.
-#[cfg(hist_libjpeg)]
 const JPEG_END: [u8; 2] = [0xFF, 0xD9];
 const PNG_MAGIC: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
 const TRUNCATED: &str = "the JPEG data ends early (truncated file)";
@@ -92,7 +92,14 @@ pub fn decode_bytes_region(bytes: &[u8], choose: impl FnOnce(u32, u32) -> CropBo
                 Ok(file) => {
                     let (w, h) = file.dimensions();
                     let region = choose(w, h);
-                    return file.decode(region).map_err(libjpeg_reason);
+                    match file.decode(region) {
+                        // Whole, below, then the same region of it.
+                        Err(JpegError::Damaged) => {
+                            let image = decode_whole(bytes)?;
+                            return Ok((image, region));
+                        }
+                        other => return other.map_err(libjpeg_reason),
+                    }
                 }
             }
         }
@@ -133,15 +140,17 @@ fn libjpeg_reason(e: JpegError) -> String {
     match e {
         JpegError::Truncated => TRUNCATED.to_string(),
         JpegError::Unsupported => "a colour space libjpeg cannot convert to RGB".to_string(),
+        JpegError::Damaged => "a corrupt scan (internal: a whole decode should have taken over)".to_string(),
         JpegError::Invalid(message) => message,
     }
 }
 
-/// A JPEG by zune-jpeg alone: strictly, then leniently unless the data ran out.
+/// A JPEG by zune-jpeg alone: strictly, then leniently unless the data ran out (a file
+/// that ends with EOI but whose scan stops short, a corrupt scan, is decoded as PIL does).
 pub fn decode_jpeg_zune(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     guarded(|| match jpeg_with(bytes, true) {
         Ok(img) => Ok(img),
-        Err(e) if is_truncation(&e) => Err(TRUNCATED.to_string()),
+        Err(e) if is_truncation(&e) && !bytes.ends_with(&JPEG_END) => Err(TRUNCATED.to_string()),
         Err(_) => jpeg_with(bytes, false).map_err(|e| format!("{e:?}")),
     })
 }
@@ -168,9 +177,23 @@ fn is_truncation(e: &DecodeErrors) -> bool {
     }
 }
 
+/// PNG to RGB8 as PIL's `convert("RGB")`: 16-bit colour keeps each sample's high byte
+/// (PIL's `RGB;16B` unpacking, where `image` would round v/257). 16-bit grey is the
+/// exception: PIL opens it as `I;16` and `convert("RGB")` clips every value above 255 to
+/// white, so it is scaled (v/257, rounded) instead (docs/datasets.md).
 fn decode_png(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    use image::DynamicImage;
     let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Png).map_err(|e| e.to_string())?;
-    Ok(img.to_rgb8())
+    let high = |v: u16| (v >> 8) as u8;
+    Ok(match img {
+        DynamicImage::ImageRgb16(p) => RgbImage::from_fn(p.width(), p.height(), |x, y| image::Rgb(p.get_pixel(x, y).0.map(high))),
+        DynamicImage::ImageRgba16(p) => RgbImage::from_fn(p.width(), p.height(), |x, y| {
+            let [r, g, b, _] = p.get_pixel(x, y).0;
+            image::Rgb([high(r), high(g), high(b)])
+        }),
+        DynamicImage::ImageLumaA16(p) => RgbImage::from_fn(p.width(), p.height(), |x, y| image::Rgb([high(p.get_pixel(x, y).0[0]); 3])),
+        other => other.to_rgb8(),
+    })
 }
 
 #[cfg(test)]
@@ -182,5 +205,25 @@ mod tests {
         assert!(decode_bytes(b"").unwrap_err().contains("empty"));
         assert!(decode_bytes(b"GIF89a....").unwrap_err().contains("not a JPEG or PNG"));
         assert!(decode_bytes(&[0xFF, 0xD8, 0xFF, 0x00]).is_err());
+    }
+
+    #[test]
+    fn sixteen_bit_colour_pngs_keep_the_high_byte_as_pil_does() {
+        // 0x00FF and 0x80FF: the high byte gives 0 and 128 (PIL), rounding v/257 gives 1 and 129.
+        let samples = [0x00FFu16, 0x80FF, 0xFFFF, 0x1234, 0x0000, 0x7F80];
+        let encode = |img: image::DynamicImage| {
+            let mut bytes = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut bytes, image::ImageFormat::Png).expect("encode");
+            bytes.into_inner()
+        };
+        let rgb = image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(2, 1, samples.to_vec()).expect("rgb16");
+        let got = decode_bytes(&encode(image::DynamicImage::ImageRgb16(rgb))).expect("decode");
+        assert_eq!(got.into_raw(), samples.map(|v| (v >> 8) as u8).to_vec());
+        let rgba = image::ImageBuffer::<image::Rgba<u16>, _>::from_raw(1, 1, vec![0x00FF, 0x80FF, 0xFFFF, 0x0001]).expect("rgba16");
+        let got = decode_bytes(&encode(image::DynamicImage::ImageRgba16(rgba))).expect("decode");
+        assert_eq!(got.into_raw(), vec![0, 0x80, 0xFF]);
+        let grey_alpha = image::ImageBuffer::<image::LumaA<u16>, _>::from_raw(1, 1, vec![0x80FF, 0x1234]).expect("la16");
+        let got = decode_bytes(&encode(image::DynamicImage::ImageLumaA16(grey_alpha))).expect("decode");
+        assert_eq!(got.into_raw(), vec![0x80; 3]);
     }
 }

@@ -31,6 +31,7 @@ extern "C" {
 const OK: c_int = 0;
 const TRUNCATED: c_int = 2;
 const UNSUPPORTED: c_int = 3;
+const DAMAGED: c_int = 5;
 
 /// Sides above this are refused before any pixel memory is taken (zune-jpeg's default limit).
 pub const MAX_SIDE: u32 = 1 << 14;
@@ -42,6 +43,9 @@ pub enum JpegError {
     Truncated,
     /// The colour space has no RGB conversion in libjpeg (CMYK, YCCK): use another decoder.
     Unsupported,
+    /// A partial region met a corrupt scan (a segment cut short inside a complete file):
+    /// decode the whole image, whose pixels there are the reference.
+    Damaged,
     /// Anything else, in libjpeg's words.
     Invalid(String),
 }
@@ -134,8 +138,11 @@ impl<'a> JpegFile<'a> {
     }
 
     fn error(&self, code: c_int) -> JpegError {
-        if code == TRUNCATED {
-            return JpegError::Truncated;
+        match code {
+            TRUNCATED => return JpegError::Truncated,
+            UNSUPPORTED => return JpegError::Unsupported,
+            DAMAGED => return JpegError::Damaged,
+            _ => {}
         }
         // SAFETY: the message is a NUL-terminated buffer inside the live handle (calloc'd, so
         // empty until written); it is copied before the handle can be freed.

@@ -234,7 +234,13 @@ fn work(tasks: &Receiver<Task>, done: &Sender<Finished>, files: &FileSet, spec: 
         if state.remaining == 0 {
             let (images, errors) = (state.images.shallow_clone(), std::mem::take(&mut state.errors));
             drop(state);
-            let _ = done.send((batch.seq, finish(batch, images, errors, spec.on_bad_image)));
+            // As for each image: a failure here (libtorch out of memory) must still reach
+            // the trainer as this batch's error.
+            let finished = catch_unwind(AssertUnwindSafe(|| finish(batch, images, errors, spec.on_bad_image))).unwrap_or_else(|_| {
+                let message = format!("assembling batch {:?} failed (out of memory?)", batch.id);
+                Err(HistError::Data { path: "image pipeline".into(), message })
+            });
+            let _ = done.send((batch.seq, finished));
         }
     }
 }
@@ -269,7 +275,7 @@ fn finish(batch: &Assembly, images: Tensor, errors: Vec<Option<HistError>>, poli
         images
     } else {
         let rows: Vec<i64> = (0..present.len() as i64).filter(|&i| present[i as usize]).collect();
-        images.index_select(0, &Tensor::from_slice(&rows))
+        images.f_index_select(0, &Tensor::from_slice(&rows))?
     };
     Ok(LoadedBatch { id: batch.id, images, present, skipped })
 }

@@ -61,7 +61,7 @@ impl ProcessGroup {
         store.barrier("join", env.join_timeout).map_err(|e| HistError::Dist(e.to_string()))?;
         let collectives: Box<dyn Collectives> = match (backend, device) {
             (DistBackend::Auto | DistBackend::Cpu, Device::Cpu) => {
-                let host = local_ip_towards(&env.master_addr, env.master_port);
+                let host = ring_host(&env)?;
                 Box::new(CpuRing::connect(&mut store, &host, env.join_timeout)?)
             }
             (DistBackend::Auto | DistBackend::Nccl, Device::Cuda(index)) => Box::new(Nccl::new(&mut store, index)?),
@@ -80,6 +80,26 @@ impl ProcessGroup {
     }
 }
 
+/// The address this rank's CPU ring listens on and advertises: `HIST_RING_HOST` when set,
+/// else the interface this host uses to reach the rendezvous host. A loopback address is
+/// refused when the job spans nodes: peers elsewhere could not connect (node 0's own host
+/// name often resolves to 127.0.1.1 on Debian-style systems).
+fn ring_host(env: &DistEnv) -> Result<String> {
+    if let Ok(host) = std::env::var("HIST_RING_HOST") {
+        return Ok(host);
+    }
+    let host = local_ip_towards(&env.master_addr, env.master_port);
+    let is_loopback = |h: &str| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    // A loopback MASTER_ADDR says every "node" is this machine (a test of a multi-node job).
+    if is_loopback(&host) && !is_loopback(&env.master_addr) && env.world_size > env.local_world_size {
+        return Err(HistError::Dist(format!(
+            "rank {} would offer the CPU ring on the loopback address {host} (MASTER_ADDR {} leads to this host's loopback), which other nodes cannot reach; set HIST_RING_HOST to this node's address on the network the nodes share",
+            env.rank, env.master_addr
+        )));
+    }
+    Ok(host)
+}
+
 /// The address of the interface this host uses to reach the rendezvous host — the one peers
 /// can reach us on. A UDP "connect" only consults the routing table; nothing is sent.
 fn local_ip_towards(host: &str, port: u16) -> String {
@@ -87,5 +107,30 @@ fn local_ip_towards(host: &str, port: u16) -> String {
     match probe {
         Ok(addr) => addr.ip().to_string(),
         Err(_) => "127.0.0.1".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_ring_address_is_refused_only_across_nodes() {
+        if std::env::var_os("HIST_RING_HOST").is_some() {
+            return; // the override decides, whatever the job's shape
+        }
+        let one_node = DistEnv { world_size: 2, local_world_size: 2, master_port: 29500, ..DistEnv::single() };
+        assert_eq!(ring_host(&one_node).expect("one node"), "127.0.0.1");
+        // Two "nodes" on this machine, as a loopback MASTER_ADDR says: fine.
+        let two_local_nodes = DistEnv { world_size: 4, ..one_node.clone() };
+        assert_eq!(ring_host(&two_local_nodes).expect("local nodes"), "127.0.0.1");
+        // A host name that leads to loopback across real nodes cannot work.
+        let Ok(host) = std::process::Command::new("hostname").output() else { return };
+        let name = String::from_utf8_lossy(&host.stdout).trim().to_string();
+        let two_nodes = DistEnv { world_size: 4, master_addr: name.clone(), ..one_node };
+        if local_ip_towards(&name, 29500).starts_with("127.") {
+            let err = ring_host(&two_nodes).expect_err("loopback across nodes").to_string();
+            assert!(err.contains("HIST_RING_HOST") && err.contains(&name), "{err}");
+        }
     }
 }

@@ -379,7 +379,7 @@ fn scaler_state_and_channels_last_variables_survive_a_checkpoint_round_trip() {
     let channels_last_state_kept = optimizer.state_tensors().iter().any(|(n, t)| n.ends_with("exp_avg") && t.dim() == 4 && is_channels_last(t));
     assert!(channels_last_state_kept, "Adam's moments of a channels-last weight");
 
-    let point = ResumePoint { epoch: 0, step_in_epoch: 1, global_step: 1, epoch_sums: stats.losses, epoch_steps: 1 };
+    let point = ResumePoint { epoch: 0, step_in_epoch: 1, global_step: 1, epoch_sums: stats.losses, epoch_steps: 1, epoch_skipped: 0 };
     let (meta, tensors) = snapshot(&config, &state, &optimizer, Some(&scaler), &point, None, 1, 4).expect("snapshot");
     assert!(tensors.model.iter().all(|(_, t)| t.is_contiguous()), "written in the standard layout");
     let dir = tempfile::tempdir().expect("temp dir");

@@ -21,6 +21,8 @@ pub struct DistEnv {
     pub world_size: usize,
     /// Ranks on this node.
     pub local_world_size: usize,
+    /// Nodes the job spans, as far as the environment says (1 when it does not).
+    pub nodes: usize,
     /// Rendezvous host.
     pub master_addr: String,
     /// Rendezvous port.
@@ -41,6 +43,7 @@ impl DistEnv {
             local_rank: 0,
             world_size: 1,
             local_world_size: 1,
+            nodes: 1,
             master_addr: "127.0.0.1".into(),
             master_port: 0,
             secret: String::new(),
@@ -64,14 +67,17 @@ impl DistEnv {
         });
         if v.contains_key("RANK") {
             let get = |k: &str| v.get(k).ok_or_else(|| missing(k, "RANK is set, so the torchrun-style variables are expected"));
+            let rank = parse(get("RANK")?, "RANK")?;
+            let local_rank = parse(get("LOCAL_RANK")?, "LOCAL_RANK")?;
+            let world_size: usize = parse(get("WORLD_SIZE")?, "WORLD_SIZE")?;
+            let local: Option<usize> = v.get("LOCAL_WORLD_SIZE").map(|s| parse(s, "LOCAL_WORLD_SIZE")).transpose()?;
             let env = DistEnv {
-                rank: parse(get("RANK")?, "RANK")?,
-                local_rank: parse(get("LOCAL_RANK")?, "LOCAL_RANK")?,
-                world_size: parse(get("WORLD_SIZE")?, "WORLD_SIZE")?,
-                local_world_size: match v.get("LOCAL_WORLD_SIZE") {
-                    Some(s) => parse(s, "LOCAL_WORLD_SIZE")?,
-                    None => 1,
-                },
+                rank,
+                local_rank,
+                world_size,
+                local_world_size: local.unwrap_or(1),
+                // Every node runs LOCAL_WORLD_SIZE ranks (the launcher's contract).
+                nodes: local.map_or(1, |l| world_size.div_ceil(l.max(1))),
                 master_addr: get("MASTER_ADDR")?.clone(),
                 master_port: parse(get("MASTER_PORT")?, "MASTER_PORT")?,
                 secret: v.get("HIST_JOB_SECRET").cloned().unwrap_or_default(),
@@ -105,8 +111,14 @@ impl DistEnv {
             rank,
             local_rank: parse(get("SLURM_LOCALID")?, "SLURM_LOCALID")?,
             world_size: parse(get("SLURM_NTASKS")?, "SLURM_NTASKS")?,
-            local_world_size: match v.get("SLURM_NTASKS_PER_NODE") {
-                Some(s) => parse(s.split('(').next().unwrap_or(s), "SLURM_NTASKS_PER_NODE")?,
+            // srun sets SLURM_NTASKS_PER_NODE only for --ntasks-per-node; the step's task
+            // layout ("2(x3)": 2 tasks on each of 3 nodes) is always there.
+            local_world_size: match ["SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"].iter().find_map(|k| v.get(*k).map(|s| (*k, s))) {
+                Some((key, s)) => parse(s.split('(').next().unwrap_or(s), key)?,
+                None => 1,
+            },
+            nodes: match ["SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES"].iter().find_map(|k| v.get(*k).map(|s| (*k, s))) {
+                Some((key, s)) => parse(s, key)?,
                 None => 1,
             },
             master_addr,
@@ -161,7 +173,7 @@ mod tests {
             ("MASTER_ADDR", "node0"), ("MASTER_PORT", "29500"), ("HIST_JOB_SECRET", "s"), ("HIST_JOIN_TIMEOUT", "7"),
         ]))
         .expect("env");
-        assert_eq!((e.rank, e.local_rank, e.world_size, e.local_world_size), (3, 1, 4, 2));
+        assert_eq!((e.rank, e.local_rank, e.world_size, e.local_world_size, e.nodes), (3, 1, 4, 2, 2));
         assert_eq!((e.master_addr.as_str(), e.master_port), ("node0", 29500));
         assert_eq!(e.join_timeout, Duration::from_secs(7));
         assert!(!e.hosts_rendezvous);
@@ -179,6 +191,13 @@ mod tests {
         assert_eq!(e.master_port, 20000 + 3456);
         assert!(e.hosts_rendezvous);
         assert_eq!(e.secret, "s");
+        // Without --ntasks-per-node srun still gives the step's layout.
+        let e = DistEnv::from_vars(&vars(&[
+            ("SLURM_PROCID", "4"), ("SLURM_LOCALID", "1"), ("SLURM_NTASKS", "6"), ("SLURM_JOB_ID", "9"), ("MASTER_ADDR", "h"),
+            ("SLURM_STEP_TASKS_PER_NODE", "3(x2)"), ("SLURM_STEP_NUM_NODES", "2"), ("HIST_JOB_SECRET", "s"),
+        ]))
+        .expect("env");
+        assert_eq!((e.local_world_size, e.nodes), (3, 2));
     }
 
     #[test]

@@ -91,7 +91,7 @@ fn ring_host(env: &DistEnv) -> Result<String> {
     let host = local_ip_towards(&env.master_addr, env.master_port);
     let is_loopback = |h: &str| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     // A loopback MASTER_ADDR says every "node" is this machine (a test of a multi-node job).
-    if is_loopback(&host) && !is_loopback(&env.master_addr) && env.world_size > env.local_world_size {
+    if is_loopback(&host) && !is_loopback(&env.master_addr) && env.nodes > 1 {
         return Err(HistError::Dist(format!(
             "rank {} would offer the CPU ring on the loopback address {host} (MASTER_ADDR {} leads to this host's loopback), which other nodes cannot reach; set HIST_RING_HOST to this node's address on the network the nodes share",
             env.rank, env.master_addr
@@ -120,14 +120,17 @@ mod tests {
             return; // the override decides, whatever the job's shape
         }
         let one_node = DistEnv { world_size: 2, local_world_size: 2, master_port: 29500, ..DistEnv::single() };
+        // srun without --ntasks-per-node: nothing says the job spans nodes.
+        let srun_one_node = DistEnv { local_world_size: 1, master_addr: "vm-unknown-name".into(), ..one_node.clone() };
+        assert!(ring_host(&srun_one_node).is_ok());
         assert_eq!(ring_host(&one_node).expect("one node"), "127.0.0.1");
         // Two "nodes" on this machine, as a loopback MASTER_ADDR says: fine.
-        let two_local_nodes = DistEnv { world_size: 4, ..one_node.clone() };
+        let two_local_nodes = DistEnv { world_size: 4, nodes: 2, ..one_node.clone() };
         assert_eq!(ring_host(&two_local_nodes).expect("local nodes"), "127.0.0.1");
         // A host name that leads to loopback across real nodes cannot work.
         let Ok(host) = std::process::Command::new("hostname").output() else { return };
         let name = String::from_utf8_lossy(&host.stdout).trim().to_string();
-        let two_nodes = DistEnv { world_size: 4, master_addr: name.clone(), ..one_node };
+        let two_nodes = DistEnv { world_size: 4, nodes: 2, master_addr: name.clone(), ..one_node };
         if local_ip_towards(&name, 29500).starts_with("127.") {
             let err = ring_host(&two_nodes).expect_err("loopback across nodes").to_string();
             assert!(err.contains("HIST_RING_HOST") && err.contains(&name), "{err}");

@@ -29,7 +29,12 @@ pub struct ResumePoint {
     pub epoch_sums: [f64; 3],
     /// Steps of the current epoch already taken.
     pub epoch_steps: usize,
+    /// Unreadable training images the current epoch skipped so far (`data.on_bad_image: skip`).
+    pub epoch_skipped: usize,
 }
+
+/// Key of [`ResumePoint::epoch_skipped`] in the checkpoint's `extra` metadata.
+const EPOCH_SKIPPED_KEY: &str = "epoch_skipped_train_images";
 
 /// What must match for a checkpoint to be resumable by `config`.
 pub fn compat(config: &Config, train_classes: i64) -> Compat {
@@ -68,7 +73,7 @@ pub fn snapshot(
         epoch_loss_sums: point.epoch_sums,
         epoch_steps_done: point.epoch_steps,
         recall_at_1,
-        extra: Default::default(),
+        extra: [(EPOCH_SKIPPED_KEY.to_string(), serde_json::Value::from(point.epoch_skipped))].into_iter().collect(),
     };
     let mut model: Vec<(String, Tensor)> = state
         .vs
@@ -125,6 +130,8 @@ pub fn restore(loaded: &LoadedCheckpoint, state: &TrainState, optimizer: &mut Op
         global_step: m.global_step,
         epoch_sums: m.epoch_loss_sums,
         epoch_steps: m.epoch_steps_done,
+        // Absent from checkpoints written before the count was kept.
+        epoch_skipped: m.extra.get(EPOCH_SKIPPED_KEY).and_then(serde_json::Value::as_u64).map_or(0, |n| n as usize),
     })
 }
 

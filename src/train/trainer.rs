@@ -399,7 +399,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         let mut steps_run = 0usize;
         let mut stopped_early = false;
         let mut comm_seconds = 0.0f64;
-        let mut skipped_train = 0usize;
+        let mut skipped_train = if resumed_here { point.epoch_skipped } else { 0 };
         // A bar on an attended terminal only (crate::progress); logs get the epoch line.
         let bar = Progress::new(
             &format!("epoch {}/{}", epoch + 1, config.train.epochs),
@@ -452,7 +452,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
                 let skipped = if stats.skipped { "  (update skipped: fp16 gradients overflowed)" } else { "" };
                 say(&format!("step {global_step}  loss {:.6} (ds {:.6}, ce {:.6}){skipped}", values[0], values[1], values[2]));
             }
-            let here = ResumePoint { epoch, step_in_epoch: step + 1, global_step, epoch_sums: sums, epoch_steps: steps_this_epoch };
+            let here = ResumePoint { epoch, step_in_epoch: step + 1, global_step, epoch_sums: sums, epoch_steps: steps_this_epoch, epoch_skipped: skipped_train };
             if config.train.max_steps > 0 && global_step >= config.train.max_steps {
                 stopped_early = true;
                 break;

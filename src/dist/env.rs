@@ -111,12 +111,13 @@ impl DistEnv {
             rank,
             local_rank: parse(get("SLURM_LOCALID")?, "SLURM_LOCALID")?,
             world_size: parse(get("SLURM_NTASKS")?, "SLURM_NTASKS")?,
-            // srun sets SLURM_NTASKS_PER_NODE only for --ntasks-per-node; the step's task
-            // layout ("2(x3)": 2 tasks on each of 3 nodes) is always there.
-            local_world_size: match ["SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"].iter().find_map(|k| v.get(*k).map(|s| (*k, s))) {
-                Some((key, s)) => parse(s.split('(').next().unwrap_or(s), key)?,
-                None => 1,
-            },
+            // The step's task layout ("2(x3)": 2 tasks on each of 3 nodes; "3,2" uneven) is
+            // always there; SLURM_NTASKS_PER_NODE only with --ntasks-per-node.
+            local_world_size: ["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"]
+                .iter()
+                .find_map(|k| v.get(*k))
+                .and_then(|layout| tasks_on_node(layout, v.get("SLURM_NODEID").and_then(|n| n.trim().parse().ok()).unwrap_or(0)))
+                .unwrap_or(1),
             nodes: match ["SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES"].iter().find_map(|k| v.get(*k).map(|s| (*k, s))) {
                 Some((key, s)) => parse(s, key)?,
                 None => 1,
@@ -148,6 +149,23 @@ impl DistEnv {
         }
         Ok(self)
     }
+}
+
+/// The tasks on node `node` of a SLURM task layout such as `2(x3),1`; `None` when the
+/// layout cannot be read or has no such node.
+fn tasks_on_node(layout: &str, node: usize) -> Option<usize> {
+    let mut first_node = 0;
+    for group in layout.split(',') {
+        let (tasks, repeat) = match group.trim().split_once("(x") {
+            Some((tasks, rest)) => (tasks, rest.strip_suffix(')')?.parse::<usize>().ok()?),
+            None => (group.trim(), 1),
+        };
+        if node < first_node + repeat {
+            return tasks.parse().ok();
+        }
+        first_node += repeat;
+    }
+    None
 }
 
 fn missing(key: &str, why: &str) -> HistError {
@@ -198,6 +216,9 @@ mod tests {
         ]))
         .expect("env");
         assert_eq!((e.local_world_size, e.nodes), (3, 2));
+        for (layout, node, tasks) in [("3,2", 1, Some(2)), ("1,2(x3)", 3, Some(2)), ("4(x2)", 1, Some(4)), ("4(x2)", 2, None), ("x", 0, None)] {
+            assert_eq!(tasks_on_node(layout, node), tasks, "{layout} node {node}");
+        }
     }
 
     #[test]

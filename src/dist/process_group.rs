@@ -121,7 +121,7 @@ mod tests {
         }
         let one_node = DistEnv { world_size: 2, local_world_size: 2, master_port: 29500, ..DistEnv::single() };
         // srun without --ntasks-per-node: nothing says the job spans nodes.
-        let srun_one_node = DistEnv { local_world_size: 1, master_addr: "vm-unknown-name".into(), ..one_node.clone() };
+        let srun_one_node = DistEnv { local_world_size: 1, master_addr: "192.0.2.1".into(), ..one_node.clone() };
         assert!(ring_host(&srun_one_node).is_ok());
         assert_eq!(ring_host(&one_node).expect("one node"), "127.0.0.1");
         // Two "nodes" on this machine, as a loopback MASTER_ADDR says: fine.

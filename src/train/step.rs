@@ -91,11 +91,14 @@ pub fn train_step(
 ) -> Result<StepStats> {
     let local_emb = with_sync_bn(pg, || embed_for_loss(model, &batch.images, true, autocast))??;
     let t_gather = Instant::now();
+    // Time spent waiting for the device (its queued compute as much as the collective) is
+    // not counted as communication.
+    let mut waited = 0.0;
     let (global_emb, labels, dropped) = match &batch.present {
         None => (gather_with_grad(pg, &local_emb)?, batch.labels, Vec::new()),
-        Some(present) => gather_present(pg, &local_emb, present, &batch.labels)?,
+        Some(present) => gather_present(pg, &local_emb, present, &batch.labels, &mut waited)?,
     };
-    let mut comm_seconds = t_gather.elapsed().as_secs_f64();
+    let mut comm_seconds = t_gather.elapsed().as_secs_f64() - waited;
     let labels = Tensor::from_slice(&labels).to_device(device);
     let terms = loss.forward(&global_emb, &labels);
     optimizer.zero_grad();
@@ -106,9 +109,9 @@ pub fn train_step(
     with_sync_bn(pg, || objective.backward())?;
     let t_reduce = Instant::now();
     reduce_gradients(pg, reduce_params, bucket_bytes)?;
+    comm_seconds += t_reduce.elapsed().as_secs_f64();
     // Before any host read of this step's results (the scaler's verdict, the losses).
     pg.finish_pending()?;
-    comm_seconds += t_reduce.elapsed().as_secs_f64();
     // Unscaled after the all-reduce: every rank holds the same gradients here, so every rank
     // reaches the same verdict without a collective of its own (train::grad_scaler).
     let step = match scaler {
@@ -129,14 +132,17 @@ pub fn train_step(
 /// positions. Each rank pads its embeddings back to its b positions with one extra
 /// column that is 1 where an image is present, so the one all-gather also tells every
 /// rank which positions every other rank skipped: all ranks drop the same rows, and the
-/// result is the one a single rank would get with the whole batch.
-fn gather_present(pg: &mut dyn Collectives, local: &Tensor, present: &[bool], labels: &[i64]) -> Result<(Tensor, Vec<i64>, Vec<usize>)> {
+/// result is the one a single rank would get with the whole batch. `waited`: seconds spent
+/// waiting for the device before reading the flags.
+fn gather_present(pg: &mut dyn Collectives, local: &Tensor, present: &[bool], labels: &[i64], waited: &mut f64) -> Result<(Tensor, Vec<i64>, Vec<usize>)> {
     let (kind, device, d) = (local.kind(), local.device(), local.size()[1]);
     let rows: Vec<i64> = (0..present.len() as i64).filter(|&i| present[i as usize]).collect();
     let flagged = Tensor::cat(&[local.shallow_clone(), Tensor::ones([local.size()[0], 1], (kind, device))], 1);
     let padded = Tensor::zeros([present.len() as i64, d + 1], (kind, device)).index_copy(0, &Tensor::from_slice(&rows).to_device(device), &flagged);
     let global = gather_with_grad(pg, &padded)?;
+    let t_wait = Instant::now();
     pg.finish_pending()?;
+    *waited += t_wait.elapsed().as_secs_f64();
     let flags = Vec::<f64>::try_from(global.select(1, d).detach().to_device(Device::Cpu).to_kind(Kind::Double))?;
     let keep: Vec<i64> = (0..flags.len() as i64).filter(|&i| flags[i as usize] > 0.5).collect();
     let dropped: Vec<usize> = (0..flags.len()).filter(|&i| flags[i] <= 0.5).collect();

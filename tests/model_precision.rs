@@ -414,3 +414,71 @@ fn scaler_state_and_channels_last_variables_survive_a_checkpoint_round_trip() {
     restore(&CheckpointStore::load_dir(&saved).expect("load"), &plain, &mut plain_optimizer, Some(&mut started)).expect("restore");
     assert_eq!(started, GradScaler::default());
 }
+
+/// Two ranks as seen from rank 1 (as [`MirrorRank`] for the data), recording every call:
+/// on NCCL a host read of a collective's result before `finish_pending` waits for ever on a
+/// dead peer, and only the call order shows that on a CPU.
+#[derive(Default)]
+struct Recording(Vec<&'static str>);
+
+impl Collectives for Recording {
+    fn rank(&self) -> usize {
+        1
+    }
+    fn world_size(&self) -> usize {
+        2
+    }
+    fn all_reduce(&mut self, tensor: &mut Tensor, op: ReduceOp) -> hist::Result<()> {
+        self.0.push("all_reduce");
+        if op == ReduceOp::Sum {
+            let _ = tensor.g_mul_scalar_(2.0);
+        }
+        Ok(())
+    }
+    fn all_gather(&mut self, tensor: &Tensor) -> hist::Result<Tensor> {
+        self.0.push("all_gather");
+        Ok(Tensor::cat(&[tensor.shallow_clone(), tensor.shallow_clone()], 0))
+    }
+    fn broadcast(&mut self, _tensor: &mut Tensor, _root: usize) -> hist::Result<()> {
+        self.0.push("broadcast");
+        Ok(())
+    }
+    fn barrier(&mut self) -> hist::Result<()> {
+        self.0.push("barrier");
+        Ok(())
+    }
+    fn finish_pending(&mut self) -> hist::Result<()> {
+        self.0.push("wait");
+        Ok(())
+    }
+}
+
+#[test]
+fn a_step_waits_for_its_collectives_before_reading_their_results() {
+    let config = tiny_config(&[]);
+    let labels: Vec<i64> = [0, 0, 1, 1, 2, 2, 3, 3].repeat(2);
+    let one_missing = vec![true, true, false, true, true, true, true, true];
+    for present in [None, Some(one_missing)] {
+        let state = build_state(&config, 4, Device::Cpu);
+        let o = &config.optim;
+        let mut optimizer = Optimizer::new(OptimizerKind::Adam { betas: (o.betas[0], o.betas[1]), eps: o.eps }, param_groups(&state.vs, o));
+        let rules: Vec<(Tensor, GradRule)> =
+            optimizer.groups().iter().flat_map(|g| g.params.iter().map(|(_, t)| (t.shallow_clone(), GradRule::Sum))).collect();
+        let images = present.as_ref().map_or(8, |p| p.iter().filter(|&&x| x).count() as i64);
+        let skipping = present.is_some();
+        let batch = StepBatch { images: values(&[images, 3, 32, 32], 13), labels: labels.clone(), present };
+        let mut pg = Recording::default();
+        let stats = train_step(&mut pg, &state.model, &state.loss, &mut optimizer, &rules, batch, Device::Cpu, 1 << 20, None, None).expect("step");
+        assert!(stats.losses[0].is_finite());
+        let calls = &pg.0;
+        // The losses are read on the host at the end: every collective is waited for first.
+        assert_eq!(calls.last(), Some(&"wait"), "{calls:?}");
+        assert!(calls.contains(&"all_reduce"), "{calls:?}");
+        if skipping {
+            // The skipped-image flags are read on the host right after the gather.
+            let gather = calls.iter().position(|&c| c == "all_gather").expect("a gather");
+            assert_eq!(calls.get(gather + 1), Some(&"wait"), "{calls:?}");
+            assert_eq!(stats.dropped, vec![2, 10]);
+        }
+    }
+}

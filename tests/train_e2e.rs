@@ -23,6 +23,20 @@ fn run_hist(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_hist")).args(args).output().expect("run hist")
 }
 
+/// `hist train` of the SMALL run in `dir`, with `extra` arguments after it.
+fn small_run<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--run-dir", dir];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Runs hist; the test fails with its stderr unless it succeeds.
+fn run_ok(args: &[&str]) {
+    let out = run_hist(args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn read_metrics(dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl");
     text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
@@ -41,8 +55,7 @@ fn short_run_learns_and_leaves_a_complete_run_directory() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("run");
     let dir_s = dir.display().to_string();
-    let mut args = vec!["train", "--run-dir", &dir_s];
-    args.extend_from_slice(SMALL);
+    let args = small_run(&dir_s, &[]);
     let out = run_hist(&args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -89,11 +102,7 @@ fn max_steps_stops_early_and_evaluates_there() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("run");
     let dir_s = dir.display().to_string();
-    let mut args = vec!["train", "--run-dir", &dir_s];
-    args.extend_from_slice(SMALL);
-    args.extend_from_slice(&["--set", "train.max_steps=5", "--set", "train.eval_at_start=false"]);
-    let out = run_hist(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_ok(&small_run(&dir_s, &["--set", "train.max_steps=5", "--set", "train.eval_at_start=false"]));
     let metrics = read_metrics(&dir);
     assert_eq!(metrics.len(), 1, "one evaluation, where training stopped");
     assert_eq!(metrics[0]["step"].as_u64(), Some(5));
@@ -126,11 +135,8 @@ fn a_resume_after_the_last_checkpoint_finishes_the_run_and_says_what_changed() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("run");
     let dir_s = dir.display().to_string();
-    let mut args = vec!["train", "--run-dir", &dir_s];
-    args.extend_from_slice(SMALL);
-    args.extend_from_slice(&["--set", "train.epochs=2", "--set", "train.eval_at_start=false"]);
-    let out = run_hist(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut args = small_run(&dir_s, &["--set", "train.epochs=2", "--set", "train.eval_at_start=false"]);
+    run_ok(&args);
     // As if killed after the last epoch's checkpoint, before the end of the run.
     std::fs::remove_file(dir.join("final.safetensors")).expect("remove final");
     std::fs::remove_file(dir.join("projector_config.pbtxt")).expect("remove projector config");
@@ -150,11 +156,8 @@ fn a_resume_whose_epochs_are_shorter_than_its_checkpoint_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("run");
     let dir_s = dir.display().to_string();
-    let mut args = vec!["train", "--run-dir", &dir_s];
-    args.extend_from_slice(SMALL);
-    args.extend_from_slice(&["--set", "checkpoint.every_steps=1", "--set", "train.max_steps=3", "--set", "train.eval_at_start=false"]);
-    let out = run_hist(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut args = small_run(&dir_s, &["--set", "checkpoint.every_steps=1", "--set", "train.max_steps=3", "--set", "train.eval_at_start=false"]);
+    run_ok(&args);
     std::fs::remove_file(dir.join("final.safetensors")).expect("remove final");
     // 480 images in batches of 300: one step an epoch, but the last checkpoint (the stop
     // at max_steps saves none) is at step 2.

@@ -82,19 +82,12 @@ struct Running {
 enum Ending {
     /// Still running.
     No,
-    /// A rank failed: this index into the workers, and how.
-    Failure(usize, Outcome),
-    /// The launcher was asked to stop.
-    Signal(Stop),
-}
-
-/// What else happened while the job was being wound down.
-#[derive(Default)]
-struct Aftermath {
-    /// A stop asked for while ending after a failure: no restart may follow.
-    stop_after_failure: bool,
-    /// A rank that failed (not as a stop asks) while the job was stopping on a signal.
-    failure_while_stopping: Option<(usize, Outcome)>,
+    /// A rank failed: this index into the workers, and how; `stopped`: a stop was asked
+    /// for while ending, so no restart may follow.
+    Failure { index: usize, outcome: Outcome, stopped: bool },
+    /// The launcher was asked to stop; `failed`: a rank that failed (not as a stop asks)
+    /// meanwhile, with how.
+    Signal { stop: Stop, failed: Option<(usize, Outcome)> },
 }
 
 /// Starts every worker of this node, supervises them and returns the launcher's exit
@@ -159,7 +152,6 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mu
 
     let mut live: BTreeSet<usize> = (0..workers.len()).collect();
     let mut ending = Ending::No;
-    let mut aftermath = Aftermath::default();
     let mut kill_at: Option<Instant> = None;
     while !live.is_empty() {
         let deadline = async {
@@ -178,25 +170,25 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mu
                 if outcome.success() {
                     continue;
                 }
-                match ending {
+                match &mut ending {
                     Ending::No => {
                         signal_all(&workers, &live, libc::SIGTERM);
                         kill_at = Some(Instant::now() + FAILURE_GRACE);
-                        ending = Ending::Failure(index, outcome);
+                        ending = Ending::Failure { index, outcome, stopped: false };
                     }
-                    Ending::Signal(_) if !stopped_as_asked(&outcome) && aftermath.failure_while_stopping.is_none() => {
+                    Ending::Signal { failed: failed @ None, .. } if !stopped_as_asked(&outcome) => {
                         // The others may wait for it in a collective: they get the same
                         // grace as after any failure.
                         let rank = workers[index].rank;
                         say(&format!("rank {rank} failed ({}) while stopping", outcome.describe()));
                         signal_all(&workers, &live, libc::SIGTERM);
                         kill_at = Some(Instant::now() + FAILURE_GRACE);
-                        aftermath.failure_while_stopping = Some((index, outcome));
+                        *failed = Some((index, outcome));
                     }
                     _ => {}
                 }
             }
-            stop = signals.recv() => match ending {
+            stop = signals.recv() => match &mut ending {
                 Ending::No => {
                     let forwarded = Stop::forwarded(stop);
                     let again = if stop == Stop::Preempt { "SIGINT or SIGTERM".to_string() } else { stop.name().to_string() };
@@ -205,10 +197,10 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mu
                         stop.name(), signal_name(forwarded), live.len()
                     ));
                     signal_all(&workers, &live, forwarded);
-                    ending = Ending::Signal(stop);
+                    ending = Ending::Signal { stop, failed: None };
                 }
-                Ending::Failure(..) => {
-                    aftermath.stop_after_failure = true;
+                Ending::Failure { stopped, .. } => {
+                    *stopped = true;
                     if stop == Stop::Preempt {
                         say("SIGUSR1 while the job ends after a failure: it will not be restarted");
                     } else {
@@ -242,19 +234,16 @@ pub async fn supervise(worker: &WorkerCommand, contract: &Contract, signals: &mu
     }
 
     drain(&mut workers).await;
-    Ok(match (ending, aftermath) {
-        (Ending::No, _) => Finish::Success,
-        (Ending::Signal(_), Aftermath { failure_while_stopping: Some((index, outcome)), .. }) => {
+    Ok(match ending {
+        Ending::No => Finish::Success,
+        Ending::Signal { stop, failed: None } => Finish::Stopped(stop.exit_status()),
+        Ending::Signal { failed: Some((index, outcome)), .. } | Ending::Failure { index, outcome, stopped: true } => {
             report_failure(&workers[index], &outcome);
             Finish::FailedAndStopped(outcome.exit_status())
         }
-        (Ending::Signal(stop), _) => Finish::Stopped(stop.exit_status()),
-        (Ending::Failure(index, outcome), aftermath) => {
+        Ending::Failure { index, outcome, stopped: false } => {
             report_failure(&workers[index], &outcome);
-            match aftermath.stop_after_failure {
-                true => Finish::FailedAndStopped(outcome.exit_status()),
-                false => Finish::Failed(outcome.exit_status()),
-            }
+            Finish::Failed(outcome.exit_status())
         }
     })
 }

@@ -34,6 +34,11 @@ impl Fake {
         cmd
     }
 
+    /// The launcher started with `args`, its output captured.
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.launcher(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start hist-launch")
+    }
+
     fn files(&self, prefix: &str) -> Vec<PathBuf> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
             .expect("read tempdir")
@@ -179,6 +184,12 @@ fn a_second_node_numbers_its_ranks_after_the_first_and_uses_the_shared_secret() 
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
 
+/// Two ranks: rank 0 exits 7 once both have recorded their pids (`$T/pid.$RANK`).
+const RANK0_EXITS_7: &str = r#"if [ "$RANK" = 0 ]; then
+    while [ "$(ls "$T" | grep -c '^pid\.')" -lt 2 ]; do sleep 0.02; done
+    exit 7
+fi"#;
+
 /// Rank `$FAIL_RANK` waits until every rank has recorded its pids, prints a few lines and
 /// ends with `$FAIL_HOW`; the others sleep in a child process (so the test can see that
 /// the whole process group goes, not just the worker).
@@ -235,16 +246,13 @@ fn a_rank_killed_by_a_signal_is_reported_with_the_signal() {
 
 #[test]
 fn ranks_that_ignore_sigterm_are_killed_three_seconds_after_a_failure() {
-    let fake = fake_worker(
+    let fake = fake_worker(&format!(
         r#"trap '' TERM
 echo $$ > "$T/pid.$RANK"
-if [ "$RANK" = 0 ]; then
-    while [ "$(ls "$T" | grep -c '^pid\.')" -lt 2 ]; do sleep 0.02; done
-    exit 7
-fi
+{RANK0_EXITS_7}
 while :; do sleep 0.1; done
-"#,
-    );
+"#
+    ));
     let start = Instant::now();
     let out = fake.launcher(&["--nproc", "2"]).output().expect("run");
     let elapsed = start.elapsed();
@@ -266,12 +274,7 @@ printf '%s\n%s\n' $$ $! > "$T/pid.$RANK"
 wait
 "#,
     );
-    let mut child = fake
-        .launcher(&["--nproc", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hist-launch");
+    let mut child = fake.spawn(&["--nproc", "3"]);
     fake.wait_for_files("pid.", 3);
     signal(&child, libc::SIGTERM);
     let out = wait_timeout(&mut child, Duration::from_secs(5));
@@ -291,8 +294,7 @@ echo $$ > "$T/pid.$RANK"
 while :; do sleep 0.1; done
 "#,
     );
-    let mut child =
-        fake.launcher(&["--nproc", "2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
+    let mut child = fake.spawn(&["--nproc", "2"]);
     fake.wait_for_files("pid.", 2);
     signal(&child, libc::SIGINT);
     fake.wait_for_files("term.", 2);
@@ -374,12 +376,7 @@ wait
 wait
 "#,
     );
-    let mut child = fake
-        .launcher(&["--nproc", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hist-launch");
+    let mut child = fake.spawn(&["--nproc", "2"]);
     fake.wait_for_files("pid.", 2);
     signal(&child, libc::SIGUSR1);
     fake.wait_for_files("usr1.", 2);
@@ -405,8 +402,7 @@ echo $$ > "$T/pid.$RANK"
 while :; do sleep 0.1; done
 "#,
     );
-    let mut child =
-        fake.launcher(&["--nproc", "2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
+    let mut child = fake.spawn(&["--nproc", "2"]);
     fake.wait_for_files("pid.", 2);
     let start = Instant::now();
     signal(&child, libc::SIGTERM);
@@ -425,24 +421,16 @@ while :; do sleep 0.1; done
 fn a_stop_while_ending_after_a_failure_cancels_the_restart() {
     // Rank 0 fails; rank 1 ignores the SIGTERM that follows, so the launcher is still
     // ending the job when the user presses Ctrl-C: no restart may follow.
-    let fake = fake_worker(
+    let fake = fake_worker(&format!(
         r#"trap 'touch "$T/term.$RANK"' TERM
 echo $$ >> "$T/pid.$RANK"
-if [ "$RANK" = 0 ]; then
-    while [ "$(ls "$T" | grep -c '^pid\.')" -lt 2 ]; do sleep 0.02; done
-    exit 7
-fi
+{RANK0_EXITS_7}
 while :; do sleep 0.1; done
-"#,
-    );
+"#
+    ));
     let run_dir = fake.dir.path().join("run");
     let run_dir = run_dir.to_string_lossy().into_owned();
-    let mut child = fake
-        .launcher(&["--nproc", "2", "--max-restarts", "2", "--run-dir", &run_dir])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
+    let mut child = fake.spawn(&["--nproc", "2", "--max-restarts", "2", "--run-dir", &run_dir]);
     fake.wait_for_files("term.", 1);
     signal(&child, libc::SIGINT);
     let out = wait_timeout(&mut child, Duration::from_secs(5));

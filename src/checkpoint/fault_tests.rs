@@ -56,11 +56,18 @@ fn every_failure_point_keeps_the_previous_checkpoint() {
     }
 }
 
-#[test]
-fn failed_replacement_of_the_same_step_restores_the_old_one() {
+/// A store (in a temporary folder, kept alive by the first value) holding a checkpoint of
+/// step 5 whose tensors are 1.0, and that checkpoint's folder.
+fn saved_step_5() -> (tempfile::TempDir, CheckpointStore, std::path::PathBuf) {
     let run = tempfile::tempdir().unwrap();
     let store = CheckpointStore::new(run.path(), 3);
     let path = store.save(&meta(5), &tensors(1.0)).unwrap();
+    (run, store, path)
+}
+
+#[test]
+fn failed_replacement_of_the_same_step_restores_the_old_one() {
+    let (_run, store, path) = saved_step_5();
     fail_next("publish");
     assert!(store.save(&meta(5), &tensors(2.0)).is_err());
     let loaded = store.load_latest().unwrap().unwrap();
@@ -75,9 +82,7 @@ fn failed_replacement_of_the_same_step_restores_the_old_one() {
 
 #[test]
 fn replacement_without_an_atomic_exchange_still_replaces() {
-    let run = tempfile::tempdir().unwrap();
-    let store = CheckpointStore::new(run.path(), 3);
-    let path = store.save(&meta(5), &tensors(1.0)).unwrap();
+    let (_run, store, path) = saved_step_5();
     fail_next("exchange");
     assert_eq!(store.save(&meta(5), &tensors(2.0)).unwrap(), path);
     let loaded = store.load_latest().unwrap().unwrap();
@@ -88,9 +93,7 @@ fn replacement_without_an_atomic_exchange_still_replaces() {
 
 #[test]
 fn an_exchanged_replacement_leaves_no_scratch_and_the_new_tensors() {
-    let run = tempfile::tempdir().unwrap();
-    let store = CheckpointStore::new(run.path(), 3);
-    let path = store.save(&meta(5), &tensors(1.0)).unwrap();
+    let (_run, store, path) = saved_step_5();
     assert_eq!(store.save(&meta(5), &tensors(3.0)).unwrap(), path);
     let loaded = store.load_latest().unwrap().unwrap();
     assert_eq!(loaded.tensors.model[0].1.double_value(&[0, 0]), 3.0);

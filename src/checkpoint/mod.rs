@@ -1,8 +1,9 @@
 //! The checkpoint store: atomic, verified, resumable checkpoints in a run directory.
 //!
-//! A checkpoint is complete or absent. It is written to a hidden temporary folder, moved
-//! into place with one rename, and only then marked with a `COMPLETE` file whose checksum
-//! chains to `meta.json`, whose checksum in turn covers the tensor file; a checkpoint that
+//! A checkpoint is complete or absent. It is written complete to a hidden temporary folder,
+//! `COMPLETE` file included, and moved into place in one atomic rename (or exchange, when a
+//! checkpoint of that step exists). COMPLETE's checksum chains to `meta.json`, whose
+//! checksum in turn covers the tensor file; a checkpoint that
 //! breaks any link of that chain is never loaded. docs/checkpoints.md has the layout, the
 //! protocol and how to read a checkpoint from Python.
 //!

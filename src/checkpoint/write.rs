@@ -175,40 +175,25 @@ fn publish(root: &Path, scratch: &Path, final_dir: &Path) -> Result<()> {
     }
 }
 
-/// Replaces `final_dir` by `scratch` without an atomic exchange: the old folder is moved
-/// aside first and restored if the rename fails, so a failed save never loses it; a crash
-/// between the two renames leaves only scratch copies of that step (docs/checkpoints.md).
+/// Replaces `final_dir` (which exists) by `scratch` without an atomic exchange: the old
+/// folder is moved aside first and restored if the rename fails, so a failed save never
+/// loses it; a crash between the two renames leaves only scratch copies of that step
+/// (docs/checkpoints.md).
 fn replace_in_two_steps(root: &Path, scratch: &Path, final_dir: &Path) -> Result<()> {
-    let aside = match std::fs::symlink_metadata(final_dir) {
-        Ok(_) => {
-            let label = format!(
-                "replaced-{}",
-                final_dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
-            );
-            let aside = root.join(temp_name(&label));
-            if let Err(e) = rename_synced(final_dir, &aside, root) {
-                let _ = remove_scratch(scratch);
-                return Err(e);
-            }
-            Some(aside)
-        }
-        Err(_) => None,
-    };
-    let moved = rename_synced(scratch, final_dir, root);
-    match (moved, aside) {
-        (Ok(()), Some(aside)) => {
+    let label = format!("replaced-{}", final_dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+    let aside = root.join(temp_name(&label));
+    if let Err(e) = rename_synced(final_dir, &aside, root) {
+        let _ = remove_scratch(scratch);
+        return Err(e);
+    }
+    match rename_synced(scratch, final_dir, root) {
+        Ok(()) => {
             // Scratch now; if removal fails here the next save's cleanup gets it.
             let _ = remove_scratch(&aside);
             Ok(())
         }
-        (Ok(()), None) => Ok(()),
-        (Err(e), aside) => {
-            if let Some(aside) = aside {
-                let _ = rename_synced(&aside, final_dir, root);
-            }
+        Err(e) => {
+            let _ = rename_synced(&aside, final_dir, root);
             let _ = remove_scratch(scratch);
             Err(e)
         }

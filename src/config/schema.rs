@@ -586,6 +586,26 @@ pub enum DistBackend {
     Nccl,
 }
 
+impl DistBackend {
+    /// Whether this backend can serve ranks on CUDA (`true`) or CPU (`false`) devices.
+    pub fn serves(self, cuda: bool) -> bool {
+        match self {
+            DistBackend::Auto => true,
+            DistBackend::Cpu => !cuda,
+            DistBackend::Nccl => cuda,
+        }
+    }
+
+    /// The config spelling: `auto`, `cpu` or `nccl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DistBackend::Auto => "auto",
+            DistBackend::Cpu => "cpu",
+            DistBackend::Nccl => "nccl",
+        }
+    }
+}
+
 fn default_bucket_mb() -> f64 {
     4.0
 }

@@ -60,14 +60,15 @@ impl ProcessGroup {
             .map_err(|e| HistError::Dist(format!("rank {} cannot join the rendezvous at {addr}: {e}", env.rank)))?;
         store.barrier("join", env.join_timeout).map_err(|e| HistError::Dist(e.to_string()))?;
         let collectives: Box<dyn Collectives> = match (backend, device) {
-            (DistBackend::Auto | DistBackend::Cpu, Device::Cpu) => {
+            (b, Device::Cpu) if b.serves(false) => {
                 let host = ring_host(&env)?;
                 Box::new(CpuRing::connect(&mut store, &host, env.join_timeout)?)
             }
-            (DistBackend::Auto | DistBackend::Nccl, Device::Cuda(index)) => Box::new(Nccl::new(&mut store, index)?),
+            (b, Device::Cuda(index)) if b.serves(true) => Box::new(Nccl::new(&mut store, index)?),
             (b, d) => {
                 return Err(HistError::Dist(format!(
-                    "dist.backend {} cannot work on device {d:?}; use cpu for CPU ranks and nccl for CUDA ranks (or auto)", format!("{b:?}").to_lowercase()
+                    "dist.backend {} cannot work on device {d:?}; use cpu for CPU ranks and nccl for CUDA ranks (or auto)",
+                    b.name()
                 )))
             }
         };

@@ -14,7 +14,7 @@ use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
 use crate::checkpoint::CheckpointStore;
-use crate::config::{load_config, load_config_str, Config, ConfigSource, DistBackend};
+use crate::config::{load_config, load_config_str, parse_device, Config, ConfigSource, DistBackend};
 use crate::data::pipeline::PipelineSpec;
 use crate::dist::env::DistEnv;
 use crate::dist::process_group::ProcessGroup;
@@ -156,16 +156,11 @@ fn save_embeddings(path: &Path, test: &EmbeddedTest) -> Result<()> {
 /// `--device` moves the evaluation to a device that backend cannot serve, `auto` picks the
 /// one that can, and the switch is said on stderr.
 fn fit_backend_to_device(config: &mut Config) {
-    let on_cuda = config.device.starts_with("cuda");
-    let misfit = match config.dist.backend {
-        DistBackend::Nccl => !on_cuda,
-        DistBackend::Cpu => on_cuda,
-        DistBackend::Auto => false,
-    };
-    if misfit {
+    let on_cuda = parse_device(&config.device).is_ok_and(|d| d.is_cuda());
+    if !config.dist.backend.serves(on_cuda) {
         eprintln!(
             "dist.backend {} of the training config cannot serve --device {}; evaluating with dist.backend auto",
-            format!("{:?}", config.dist.backend).to_lowercase(),
+            config.dist.backend.name(),
             config.device
         );
         config.dist.backend = DistBackend::Auto;

@@ -261,15 +261,13 @@ pub fn config_changes(saved_yaml: &str, config: &Config) -> Vec<String> {
         Some(HParamValue::Text(t)) => t.clone(),
         Some(HParamValue::Bool(b)) => b.to_string(),
     };
-    let (saved, now) = (flatten_hparams(&saved), flatten_hparams(&now));
-    let mut keys: Vec<&String> = saved.iter().chain(&now).map(|(k, _)| k).filter(|k| !free(k)).collect();
-    keys.sort();
-    keys.dedup();
-    let find = |list: &'_ [(String, HParamValue)], key: &str| list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let flat = |tree: &serde_json::Value| flatten_hparams(tree).into_iter().filter(|(k, _)| !free(k)).collect::<std::collections::BTreeMap<_, _>>();
+    let (saved, now) = (flat(&saved), flat(&now));
+    let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
     keys.into_iter()
         .filter_map(|key| {
-            let (a, b) = (find(&saved, key), find(&now, key));
-            (a != b).then(|| format!("{key}: {} → {}", text(a.as_ref()), text(b.as_ref())))
+            let (a, b) = (saved.get(key), now.get(key));
+            (a != b).then(|| format!("{key}: {} → {}", text(a), text(b)))
         })
         .collect()
 }

@@ -374,7 +374,6 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
 
     let base = base_lrs(&config.optim);
     let mut global_step = point.global_step;
-    let mut final_recall = Vec::new();
     let mut stopped: Option<StopReason> = None;
     let mut last_eval: Option<Evaluation> = None;
     let (rank, world) = (pg.rank(), pg.world_size());
@@ -457,19 +456,17 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
                 stopped_early = true;
                 break;
             }
-            if let Some(reason) = stop.agreed(pg, device)? {
+            let reason = stop.agreed(pg, device)?;
+            if reason.is_some() || checkpoints.due(global_step) {
+                // A resume from this checkpoint needs everything logged up to it.
                 if let Some(l) = logger.as_mut() {
                     l.flush()?;
                 }
                 checkpoints.save(pg, &state, &optimizer, scaler.as_ref(), &here, None)?;
-                stopped = Some(reason);
-                break;
             }
-            if checkpoints.due(global_step) {
-                if let Some(l) = logger.as_mut() {
-                    l.flush()?;
-                }
-                checkpoints.save(pg, &state, &optimizer, scaler.as_ref(), &here, None)?;
+            if reason.is_some() {
+                stopped = reason;
+                break;
             }
         }
         drop(bar);
@@ -525,7 +522,6 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         if !stopped_early {
             checkpoints.save(pg, &state, &optimizer, scaler.as_ref(), &next, recall_at_1)?;
         }
-        final_recall = r;
         last_eval = Some(eval);
         if stopped_early {
             say(&format!("stopped at train.max_steps = {}", config.train.max_steps));
@@ -538,7 +534,6 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         let eval = evaluate(pg, config, &state, &splits, &spec, device)?;
         warn_skipped(&say, &mut warned, &splits.test, true, &eval.skipped);
         say(&format!("final evaluation  {}", format_recall(&eval.recall)));
-        final_recall = eval.recall.clone();
         last_eval = Some(eval);
     }
     if let (Some(dir), None) = (run_dir, stopped) {
@@ -552,6 +547,7 @@ pub fn train(config: &Config, pg: &mut dyn Collectives, run_dir: Option<&Path>, 
         }
     }
     pg.barrier()?;
+    let final_recall = last_eval.map_or_else(Vec::new, |e| e.recall);
     Ok(TrainSummary { run_dir: run_dir.map(Path::to_path_buf), steps: global_step, initial_recall, final_recall, stopped })
 }
 

@@ -82,10 +82,8 @@ impl<'a> JpegFile<'a> {
         let (mut width, mut height) = (0u32, 0u32);
         // SAFETY: `bytes` outlives `file` (its lifetime 'a), which frees the handle.
         let code = unsafe { hist_jpeg_read_header(handle.as_ptr(), bytes.as_ptr(), bytes.len(), &mut width, &mut height) };
-        match code {
-            OK => {}
-            UNSUPPORTED => return Err(JpegError::Unsupported),
-            other => return Err(file.error(other)),
+        if code != OK {
+            return Err(file.error(code));
         }
         if width > MAX_SIDE || height > MAX_SIDE {
             return Err(JpegError::Invalid(format!("the image is {width}x{height} pixels; sides over {MAX_SIDE} are not decoded")));

@@ -133,9 +133,9 @@ where
     let bar = Progress::new("k-NN search", total, "blocks", true);
     let mut rechecked = 0;
     // The gallery rows the floors are read from, gathered once for every group.
-    let sampled = ctx.order.sample(k).map(|(sample, _)| {
-        let positions: Vec<usize> = sample.iter().map(|&p| p as usize).collect();
-        Inputs { query: inputs.query.shallow_clone(), gallery: rows_at(&inputs.gallery, &positions) }
+    let sampled = ctx.order.sample(k).map(|(positions, rank)| {
+        let rows: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
+        FloorSample { inputs: Inputs { query: inputs.query.shallow_clone(), gallery: rows_at(&inputs.gallery, &rows) }, positions, rank }
     });
     for group in groups {
         let floors = sample_floors(&ctx, sampled.as_ref(), &group, &bar)?;
@@ -244,6 +244,14 @@ impl Worker {
     }
 }
 
+/// The gallery sample the floors are read from ([`ColumnOrder::sample`]): its rows as
+/// product inputs, their gallery positions, and the rank of a row's threshold among them.
+struct FloorSample<'a> {
+    inputs: Inputs,
+    positions: &'a [u32],
+    rank: usize,
+}
+
 /// Queries per block of sample products: as many as keep the block within block² products.
 fn sample_rows(ctx: &Context<'_>, queries: usize) -> usize {
     let sample = ctx.order.sample(ctx.k).map_or(1, |(s, _)| s.len().max(1));
@@ -254,10 +262,10 @@ fn sample_rows(ctx: &Context<'_>, queries: usize) -> usize {
 /// from [`ColumnOrder`]) minus δ, so that the entries with products ≥ t_s — about
 /// 1.5·k — lie at or above it; −∞ when the gallery is too small to sample. `sampled`:
 /// the queries and the sample's gallery rows, `None` without a sample.
-fn sample_floors(ctx: &Context<'_>, sampled: Option<&Inputs>, queries: &[usize], bar: &Progress) -> Result<Vec<f64>> {
+fn sample_floors(ctx: &Context<'_>, sampled: Option<&FloorSample<'_>>, queries: &[usize], bar: &Progress) -> Result<Vec<f64>> {
     let rows = sample_rows(ctx, queries.len());
     let blocks = queries.len().div_ceil(rows);
-    let (Some(sampled), Some((sample, rank))) = (sampled, ctx.order.sample(ctx.k)) else {
+    let Some(&FloorSample { inputs: ref sampled, positions: sample, rank }) = sampled else {
         bar.inc(blocks as u64);
         return Ok(vec![f64::NEG_INFINITY; queries.len()]);
     };
